@@ -1,0 +1,150 @@
+"""Write a (pruned) PyTorch model as a GGUF file with gguf-py's writer and tensor name maps.
+
+Uniform widths are written as the family's own architecture (`llama` or `qwen2`), which every
+llama.cpp front end loads. Per-layer widths are written as `deci`, whose graph reads heads, KV heads
+and FFN width per layer (DESIGN.md section 2). Head sizes and the rotary dimension are always
+written explicitly, because pruning heads changes the head size llama.cpp would otherwise infer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from .errors import UserError
+from .families import PER_LAYER_ARCH, Family, permute_for_gguf
+from .surgery import layer_widths
+from .tokenizer import TokenizerSpec
+
+# Output types for the written tensors; 1-D tensors (norms, biases) always stay F32 as llama.cpp expects.
+WRITE_TYPES = {"F32": (np.float32, gguf.LlamaFileType.ALL_F32), "F16": (np.float16, gguf.LlamaFileType.MOSTLY_F16)}
+
+
+def choose_arch(family: Family, widths: list[dict[str, int]]) -> gguf.MODEL_ARCH:
+    uniform = all(w == widths[0] for w in widths)
+    return family.gguf_arch if uniform else PER_LAYER_ARCH
+
+
+def _llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Frequency factors of Llama 3.1 rope scaling, as convert_hf_to_gguf writes them (rope_freqs)."""
+    base = rope["rope_theta"]
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_ctx = rope.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi / (1.0 / base ** (i / head_dim))
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def _add_metadata_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+    V = gguf.GGUFValueType
+    if value is None:
+        return
+    if isinstance(value, bool):
+        writer.add_key_value(key, value, V.BOOL)
+    elif isinstance(value, int):
+        writer.add_key_value(key, value, V.UINT32 if 0 <= value < 2**32 else V.INT64)
+    elif isinstance(value, float):
+        writer.add_key_value(key, value, V.FLOAT32)
+    elif isinstance(value, str):
+        writer.add_key_value(key, value, V.STRING)
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        writer.add_key_value(key, [int(v) for v in value], V.ARRAY, V.INT32)
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        writer.add_key_value(key, list(value), V.ARRAY, V.STRING)
+    else:
+        raise TypeError(f"cannot store metadata {key}={value!r}")
+
+
+def export_gguf(
+    model: torch.nn.Module,
+    family: Family,
+    tokenizer_spec: TokenizerSpec,
+    out_path: Path,
+    write_type: str = "F32",
+    general: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `model` to `out_path` (through a temporary name); returns what was written."""
+    config = model.config
+    widths = layer_widths(model)
+    arch = choose_arch(family, widths)
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
+    head_dim = config.head_dim
+    uniform = arch != PER_LAYER_ARCH
+    permute = family.permute_qk or arch == PER_LAYER_ARCH
+    np_type, file_type = WRITE_TYPES[write_type]
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".partial")
+    writer = gguf.GGUFWriter(tmp, arch_name)
+    writer.add_type("model")
+    for key, value in (general or {}).items():
+        _add_metadata_value(writer, f"general.{key}", value)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    per_layer = lambda k: widths[0][k] if uniform else [w[k] for w in widths]  # noqa: E731
+    writer.add_feed_forward_length(per_layer("n_ff"))
+    writer.add_head_count(per_layer("n_head"))
+    writer.add_head_count_kv(per_layer("n_head_kv"))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    rope = dict(config.rope_parameters or {})
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(file_type)
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif rope_type not in ("default", "llama3"):
+        raise UserError(f"rope scaling '{rope_type}' is not supported by the exporter yet")
+    tokenizer_spec.add_to(writer)
+    for key, value in (extra or {}).items():
+        _add_metadata_value(writer, key, value)
+
+    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    if rope_type == "llama3":
+        writer.add_tensor("rope_freqs.weight", _llama3_rope_factors(rope, head_dim))
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ValueError(f"no GGUF name for tensor {hf_name}")
+        data = tensor.detach().float().cpu().numpy()
+        if permute and ".attn_q." in gguf_name:
+            data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head"])
+        elif permute and ".attn_k." in gguf_name:
+            data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head_kv"])
+        data = np.ascontiguousarray(data, dtype=np_type if data.ndim > 1 else np.float32)
+        writer.add_tensor(gguf_name, data)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    tmp.replace(out_path)
+    return {"architecture": arch_name, "widths": widths}
+
+
+def _layer_of(gguf_name: str) -> int:
+    return int(gguf_name.split(".")[1])
