@@ -16,27 +16,35 @@ Finished stages are kept in a run directory keyed by their inputs (ppgguf.runs).
 
 from __future__ import annotations
 
+import copy
+import errno
+import hashlib
+import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import gguf
 import torch
 
 from . import __version__
-from .base import load_base
-from .calibrate import generic_sequences, validation_sequences
+from .bake import bake_chat_template, sampling_metadata, write_companions
+from .base import load_base, sha256_of
+from .calibrate import answer_sequences, generic_sequences, persona_calibration, validation_sequences
 from .errors import UserError
-from .export import export_gguf
-from .importance import ScoringInputs, get_scorer
+from .export import choose_arch, export_gguf
+from .figure import write_build_figure
+from .importance import DATA_NEEDED, ScoringInputs, get_scorer
 from .persona import Persona, load_persona
 from .plan import PruningPlan, check_sparsity, make_plan
 from .quantize import check_quant_type, quantize
-from .recipe import Recipe, load_recipe, with_overrides
-from .runs import atomic_write_json, key_of, read_json, run_dir
+from .recipe import Recipe, load_recipe, recipe_path, with_overrides
+from .runs import atomic_write_json, cache_root, key_of, read_json, run_dir
 from .surgery import apply_plan, layer_widths, parameter_count
 from .tokenizer import ChatTokenizer
 from .validate import torch_logits, validate_gguf
@@ -75,15 +83,35 @@ def resolve_device(device: str) -> str:
 def check_output(out: Path, expected_bytes: int = 0) -> None:
     directory = out.parent if str(out.parent) else Path(".")
     if not directory.is_dir():
+        if any(p.exists() and not p.is_dir() for p in (directory, *directory.parents)):
+            raise UserError(
+                f"output directory '{directory}' is not a directory (a file is in the way); choose another --out"
+            )
         raise UserError(f"output directory '{directory}' does not exist; create it or choose another --out")
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"output directory '{directory}' is not writable; choose another --out")
+    if out.is_dir():
+        raise UserError(f"output '{out}' is a directory; give a file name ending in .gguf")
+    # os.access says yes to root whatever the permissions (and lies on some network file systems):
+    # creating a file is the only test that tells.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".write-test", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"output directory '{directory}' is not writable ({err.strerror}); choose another --out") from None
     free = shutil.disk_usage(directory).free
     if expected_bytes and free < expected_bytes:
         raise UserError(
-            f"not enough free disk in '{directory}': {free / 2**20:.0f} MiB free, about "
-            f"{expected_bytes / 2**20:.0f} MiB needed; free some space or choose another --out"
+            f"not enough free disk in '{directory}': {_human_bytes(free)} free, about "
+            f"{_human_bytes(expected_bytes)} needed; free some space or choose another --out"
         )
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class _Stages:
@@ -148,34 +176,63 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
 
     plan_file = work / "plan.json"
     plan_data = read_json(plan_file)
+    scorer_log: dict[str, Any] = {}
     if plan_data is not None and plan_data.get("key") == key_of(prune_key):
         plan = PruningPlan.from_json(plan_data["plan"])
-        stages.seconds["score"] = 0.0
+        scorer_log = plan_data.get("log", {})
         progress("Reusing the pruning plan from the run directory")
     else:
-        calibration = stages.run(
-            "calibrate",
-            "Preparing calibration text",
-            lambda: generic_sequences(tokenizer, recipe.generic_sequences, recipe.sequence_length),
+        inputs = ScoringInputs(
+            model=base.model.to(device), ffn_sparsity=recipe.ffn_sparsity, head_sparsity=recipe.head_sparsity,
+            seed=recipe.seed, device=device,
+            settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr, "loss": recipe.loss},
+            on_step=lambda i, n, loss: progress(f"Learning masks: step {i}/{n}, loss {loss:.4f}") if i % 8 == 0 or i == n else None,
         )
-        inputs = ScoringInputs(model=base.model.to(device), calibration=calibration, seed=recipe.seed, device=device)
+        if DATA_NEEDED[recipe.method] == "generic":
+            inputs.calibration = stages.run(
+                "calibrate", "Preparing generic calibration text",
+                lambda: generic_sequences(tokenizer, recipe.generic_sequences, recipe.sequence_length),
+            )
+        elif DATA_NEEDED[recipe.method] == "persona":
+            examples = stages.run(
+                "calibrate", "Building the persona calibration set",
+                lambda: cached_persona_calibration(base, tokenizer, persona, recipe, work, progress),
+            )
+            inputs.persona_sequences = answer_sequences(tokenizer, persona.system_prompt, examples)
         importance = stages.run("score", f"Scoring channels and heads ({recipe.method})", lambda: scorer(inputs))
         base.model.to("cpu")
         plan = make_plan(importance, recipe.ffn_sparsity, recipe.head_sparsity, recipe.uniform)
-        atomic_write_json(plan_file, {"key": key_of(prune_key), "plan": plan.to_json()})
+        scorer_log = inputs.log
+        atomic_write_json(plan_file, {"key": key_of(prune_key), "plan": plan.to_json(), "log": scorer_log})
 
     model = stages.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(base.model, plan))
     pruned_params = parameter_count(model)
 
-    f32_path = work / f"model-{key_of(prune_key)}.f32.gguf"
+    # Keyed by everything written into it, so a finished export is reused after a crash or for another quant.
+    f32_path = work / f"model-{key_of([prune_key, persona.to_json()])}.f32.gguf"
     metadata = gguf_metadata(persona, base, recipe, model)
-    written = stages.run(
-        "export",
-        "Writing GGUF",
-        lambda: export_gguf(model, base.family, base.tokenizer_spec, f32_path, "F32", **metadata),
+    # The exported file's chat template falls back to the character's system prompt.
+    export_spec = copy.deepcopy(base.tokenizer_spec)
+    export_spec.set(
+        gguf.Keys.Tokenizer.CHAT_TEMPLATE,
+        bake_chat_template(tokenizer.template, persona.system_prompt),
+        gguf.GGUFValueType.STRING,
     )
+    if f32_path.is_file():
+        progress("Reusing the exported GGUF from the run directory")
+        widths = layer_widths(model)
+        arch = choose_arch(base.family, widths, model.config.hidden_size, model.config.head_dim)
+        written = {"architecture": gguf.MODEL_ARCH_NAMES[arch], "widths": widths}
+    else:
+        written = stages.run(
+            "export",
+            "Writing GGUF",
+            lambda: export_gguf(model, base.family, export_spec, f32_path, "F32", **metadata),
+        )
 
-    tmp_out = out.with_name(f".{out.name}.ppgguf-partial")
+    # Quantized and validated inside the run directory: a build killed before it passes leaves
+    # nothing beside the output, only a temporary file in the run directory.
+    tmp_out = work / f"{out.stem}.{recipe.quant}.gguf.partial"
     try:
         quant_report = stages.run(
             "quantize", f"Quantizing to {recipe.quant}", lambda: quantize(f32_path, tmp_out, recipe.quant)
@@ -204,17 +261,80 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
             "widths": written["widths"],
             "file_bytes": tmp_out.stat().st_size,
             "quantization": quant_report,
+            "scoring": scorer_log,
             "validation": validation,
             "seconds": {**stages.seconds, "total": round(time.perf_counter() - build_start, 3)},
             "versions": versions(),
+            "inputs": input_hashes(options, persona, recipe, base),
             "run_dir": str(work),
         }
         report_path = out.with_name(out.name + ".report.json")
-        tmp_out.replace(out)
+        place_file(tmp_out, out)
+        figure = out.with_name(out.name + ".png")
+        write_build_figure(report, figure)
+        report["companions"] = [str(p) for p in write_companions(out, report)] + [str(figure)]
         atomic_write_json(report_path, report)
     finally:
         tmp_out.unlink(missing_ok=True)
     return BuildResult(path=out, report_path=report_path, report=report)
+
+
+def place_file(src: Path, dst: Path) -> None:
+    """Move `src` to `dst` atomically: a rename, or across file systems a copy to a temporary name beside `dst`
+    and a rename, so `dst` is never seen half-written."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    tmp = dst.with_name(f".{dst.name}.ppgguf-partial")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    src.unlink(missing_ok=True)
+
+
+def teacher_model(base, recipe: Recipe, work: Path, progress: Callable[[str], None] = lambda _: None) -> Path:
+    """The GGUF that answers in the persona's voice: the recipe's teacher, else the dense base itself."""
+    if recipe.teacher:
+        teacher = Path(recipe.teacher).expanduser()
+        if not teacher.is_file() or teacher.suffix.lower() != ".gguf":
+            raise UserError(f"--teacher '{recipe.teacher}' is not a GGUF file")
+        return teacher
+    if base.source.lower().endswith(".gguf"):
+        return Path(base.source)
+    dense = work / "dense-teacher.f16.gguf"
+    if dense.is_file():
+        progress("Reusing the dense teacher GGUF from the run directory")
+    else:
+        export_gguf(base.model, base.family, base.tokenizer_spec, dense, "F16")
+    return dense
+
+
+def cached_persona_calibration(base, tokenizer, persona: Persona, recipe: Recipe, work: Path, progress) -> list[dict]:
+    """Stage 1, reused from the cache when the base, persona and calibration settings are unchanged."""
+    settings = {k: getattr(recipe, k) for k in (
+        "candidate_questions", "reference_personas", "selected_questions", "answer_tokens", "teacher_temperature")}
+    teacher = teacher_model(base, recipe, work, progress)
+    key = key_of({"base": base.sha256, "system_prompt": persona.system_prompt, "teacher": str(teacher),
+                  "seed": recipe.seed, "ppgguf": __version__, **settings})
+    path = cache_root() / "calibration" / f"{key}.json"
+    cached = read_json(path)
+    if cached is not None:
+        progress("Reusing the persona calibration set")
+        return cached
+    refs_key = key_of({"base": base.sha256, "n": settings["candidate_questions"], "refs": settings["reference_personas"],
+                       "ppgguf": __version__})
+    examples = persona_calibration(
+        base.model, tokenizer, persona, teacher, settings, cache_root() / "references" / f"{refs_key}.safetensors",
+        recipe.seed, progress,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, examples)
+    return examples
 
 
 def gguf_metadata(persona: Persona, base, recipe: Recipe, model) -> dict[str, dict[str, Any]]:
@@ -243,11 +363,25 @@ def gguf_metadata(persona: Persona, base, recipe: Recipe, model) -> dict[str, di
     }
     if persona.greeting:
         extra["ppgguf.persona.greeting"] = persona.greeting
+    extra.update(sampling_metadata())
     return {"general": general, "extra": extra}
 
 
+def input_hashes(options: BuildOptions, persona: Persona, recipe: Recipe, base) -> dict[str, str | None]:
+    """sha256 of everything a build reads: base weights, character file, recipe file and resolved recipe."""
+    recipe_file = recipe_path(options.recipe or "default")
+    resolved = json.dumps(recipe.to_json(), sort_keys=True).encode()
+    return {
+        "base_sha256": base.sha256,
+        "character_sha256": sha256_of([Path(options.character)]),
+        "system_prompt_sha256": hashlib.sha256(persona.system_prompt.encode("utf-8")).hexdigest(),
+        "recipe_file": str(recipe_file),
+        "recipe_file_sha256": sha256_of([recipe_file]),
+        "recipe_sha256": hashlib.sha256(resolved).hexdigest(),  # after command-line overrides
+    }
+
+
 def versions() -> dict[str, str]:
-    import gguf
     import llama_cpp
     import transformers
 
@@ -256,6 +390,45 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "gguf": getattr(gguf, "__version__", "unknown"),
+        "gguf": _package_version("gguf"),
         "llama_cpp_python": llama_cpp.__version__,
+        **_llama_cpp_build(),
     }
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _llama_cpp_build() -> dict[str, str]:
+    """llama.cpp's and ggml's own versions and ggml's commit, read from the loaded libraries."""
+    import ctypes
+
+    import llama_cpp
+
+    info = {}
+    try:
+        info["llama_cpp"] = llama_cpp.llama_version().decode()
+    except Exception:  # an older binding without llama_version()
+        info["llama_cpp"] = "unknown"
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    for lib_name in ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll", "libggml.so", "libggml.dylib"):
+        if not (lib_dir / lib_name).is_file():
+            continue
+        try:
+            lib = ctypes.CDLL(str(lib_dir / lib_name))
+            for key, symbol in (("ggml", "ggml_version"), ("ggml_commit", "ggml_commit")):
+                fn = getattr(lib, symbol)
+                fn.restype = ctypes.c_char_p
+                info[key] = fn().decode()
+        except (OSError, AttributeError):
+            continue
+        break
+    info.setdefault("ggml", "unknown")
+    info.setdefault("ggml_commit", "unknown")
+    return info

@@ -1,14 +1,23 @@
 """Calibration data: the token sequences scorers and the validation gate look at.
 
-For now: generic text shipped with the package (for activation-aware baselines such as wanda-sp)
-and fixed chat prompts in the persona's voice for the validation gate.
+- generic text shipped with the package, for activation-aware baselines such as wanda-sp;
+- fixed chat prompts in the persona's voice, for the validation gate;
+- the persona calibration set of Persona-Pruner (below): questions from the shipped pool selected by
+  how much the persona changes the model's representation of them, answered in the persona's voice.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from importlib import resources
+from pathlib import Path
 
-from .persona import Persona
+import torch
+from safetensors.torch import load_file, save_file
+
+from .llama_io import open_gguf
+from .persona import Persona, persona_from_card
 from .tokenizer import ChatTokenizer
 
 # Fixed prompts of the validation gate: everyday questions, each followed by a fixed reply so the
@@ -57,3 +66,168 @@ def validation_sequences(tokenizer: ChatTokenizer, persona: Persona, count: int)
         ]
         sequences.append(tokenizer.chat_ids(messages))
     return sequences
+
+
+# ---------------------------------------------------------------------------------------------
+# Persona calibration (Persona-Pruner stage 1): questions selected by representation divergence,
+# answered in the character's voice by a teacher model.
+# ---------------------------------------------------------------------------------------------
+
+
+def question_pool() -> list[str]:
+    lines = (resources.files("ppgguf") / "data" / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["question"] for line in lines if line.strip()]
+
+
+def reference_personas(count: int) -> list[Persona]:
+    data = json.loads((resources.files("ppgguf") / "data" / "reference_personas.json").read_text(encoding="utf-8"))
+    return [persona_from_card({"name": p["name"], "description": p["description"]}) for p in data[:count]]
+
+
+def candidate_questions(count: int, seed: int = 0) -> list[str]:
+    """A fixed, seeded subset of the pool: the same for every persona, so reference states are reusable."""
+    pool = question_pool()
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [pool[i] for i in order[:count]]
+
+
+def middle_band(n_layers: int) -> list[int]:
+    """Hidden-state layers compared for divergence: the paper's 5..24 of 28, scaled to the model."""
+    start, stop = round(n_layers * 5 / 28), round(n_layers * 25 / 28)
+    return list(range(max(1, start), max(start + 1, stop)))
+
+
+@torch.no_grad()
+def last_token_states(
+    model, tokenizer: ChatTokenizer, system_prompt: str, questions: list[str], layers: list[int], batch_size: int = 32
+) -> torch.Tensor:
+    """Unit-normalised last-token hidden states [question, layer, hidden] of [system, user q, assistant prompt].
+
+    The system prompt is computed once and its KV cache reused for every question, so the cost is
+    the question tokens, not the (long) persona prompt.
+    """
+    device = next(model.parameters()).device
+    sequences = [
+        tokenizer.chat_ids([{"role": "system", "content": system_prompt}, {"role": "user", "content": q}], True)
+        for q in questions
+    ]
+    prefix = _common_prefix(sequences)
+    prefix = prefix[: len(prefix) - 1] if len(prefix) == min(map(len, sequences)) else prefix
+    prefix_out = model(torch.tensor([prefix], device=device), use_cache=True)
+    states = []
+    for start in range(0, len(sequences), batch_size):
+        batch = [s[len(prefix):] for s in sequences[start : start + batch_size]]
+        width = max(map(len, batch))
+        ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(batch), len(prefix) + width, dtype=torch.long, device=device)
+        mask[:, : len(prefix)] = 1
+        for row, tail in enumerate(batch):
+            ids[row, : len(tail)] = torch.tensor(tail)
+            mask[row, len(prefix) : len(prefix) + len(tail)] = 1
+        cache = copy.deepcopy(prefix_out.cache)
+        cache.batch_repeat_interleave(len(batch))
+        out = model(ids, attention_mask=mask, cache=cache, use_cache=True, output_hidden_states=True)
+        last = torch.tensor([len(t) - 1 for t in batch], device=device)
+        rows = torch.arange(len(batch), device=device)
+        per_layer = [out.hidden_states[layer][rows, last] for layer in layers]
+        states.append(torch.nn.functional.normalize(torch.stack(per_layer, 1).float(), dim=-1).cpu())
+    return torch.cat(states)
+
+
+def _common_prefix(sequences: list[list[int]]) -> list[int]:
+    first = sequences[0]
+    n = len(first)
+    for seq in sequences[1:]:
+        n = min(n, len(seq))
+        while seq[:n] != first[:n]:
+            n -= 1
+    return first[:n]
+
+
+def divergence_scores(persona_states: torch.Tensor, reference_states: torch.Tensor) -> torch.Tensor:
+    """score(q) = 1 - mean over reference personas and layers of cos(h(q; P), h(q; P'))."""
+    cos = (persona_states[None] * reference_states).sum(-1)  # [ref, question, layer]
+    return 1.0 - cos.mean(dim=(0, 2))
+
+
+def reference_states(
+    model, tokenizer: ChatTokenizer, questions: list[str], layers: list[int], count: int, cache_file: Path
+) -> torch.Tensor:
+    """States of the reference personas on the candidate questions; they depend only on the base
+    model and the pool, so they are computed once per base model and cached."""
+    if cache_file.is_file():
+        return load_file(str(cache_file))["states"].float()
+    states = torch.stack(
+        [last_token_states(model, tokenizer, p.system_prompt, questions, layers) for p in reference_personas(count)]
+    )
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(cache_file.name + ".partial")
+    save_file({"states": states.half().contiguous()}, str(tmp))
+    tmp.replace(cache_file)
+    return states
+
+
+def teacher_answers(
+    teacher_gguf: Path, tokenizer: ChatTokenizer, system_prompt: str, questions: list[str],
+    max_tokens: int, temperature: float, seed: int,
+) -> list[str]:
+    """In-voice answers: the teacher model answers each question with the persona prompt (llama.cpp)."""
+    llm = open_gguf(teacher_gguf, n_ctx=4096, seed=seed)
+    answers = []
+    try:
+        for i, question in enumerate(questions):
+            prompt = tokenizer.chat_ids(
+                [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}], True
+            )
+            out = llm.create_completion(
+                prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.95, seed=seed + i,
+                stop=[tokenizer.special["eos_token"]] if tokenizer.special["eos_token"] else None,
+            )
+            answers.append(out["choices"][0]["text"].strip())
+    finally:
+        llm.close()
+    return answers
+
+
+def answer_sequences(tokenizer: ChatTokenizer, system_prompt: str, examples: list[dict]) -> list[tuple[list[int], int]]:
+    """Token ids of [system, user, assistant answer] and the index where the answer starts."""
+    sequences = []
+    for example in examples:
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": example["question"]}]
+        prompt = tokenizer.chat_ids(messages, add_generation_prompt=True)
+        full = tokenizer.chat_ids(messages + [{"role": "assistant", "content": example["answer"]}])
+        if full[: len(prompt)] != prompt or len(full) <= len(prompt):
+            continue  # a template that rewrites earlier turns; skip rather than misalign the loss
+        sequences.append((full, len(prompt)))
+    return sequences
+
+
+def persona_calibration(
+    model, tokenizer: ChatTokenizer, persona: Persona, teacher_gguf: Path, settings: dict, refs_cache: Path,
+    seed: int, progress=lambda _msg: None,
+) -> list[dict]:
+    """Stage 1 of Persona-Pruner: select persona-sensitive questions and answer them in voice.
+
+    Returns examples {"question", "answer", "divergence"}, most divergent first.
+    """
+    questions = candidate_questions(settings["candidate_questions"])
+    layers = middle_band(model.config.num_hidden_layers)
+    if refs_cache.is_file():
+        progress("Reusing the reference persona states (cached per base model)")
+    else:
+        progress(f"Reference personas on {len(questions)} candidate questions (cached per base model)")
+    refs = reference_states(model, tokenizer, questions, layers, settings["reference_personas"], refs_cache)
+    progress("Scoring questions by how much the persona changes the model")
+    mine = last_token_states(model, tokenizer, persona.system_prompt, questions, layers)
+    divergence = divergence_scores(mine, refs)
+    chosen = torch.argsort(divergence, descending=True)[: settings["selected_questions"]].tolist()
+    progress(f"Teacher answers in the persona's voice for {len(chosen)} questions")
+    answers = teacher_answers(
+        teacher_gguf, tokenizer, persona.system_prompt, [questions[i] for i in chosen],
+        settings["answer_tokens"], settings["teacher_temperature"], seed,
+    )
+    return [
+        {"question": questions[i], "answer": answer, "divergence": round(float(divergence[i]), 6)}
+        for i, answer in zip(chosen, answers)
+        if answer
+    ]

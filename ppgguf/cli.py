@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
@@ -25,7 +26,7 @@ console = Console()
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -36,6 +37,11 @@ def _run(fn, debug: bool):
         if debug:
             raise
         _fail(str(err))
+    except OSError as err:  # the machine's problem, not a bug: disk full, permission denied, file vanished
+        if debug:
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        _fail(f"{err.strerror or err}{where} (--debug shows the traceback)")
     except KeyboardInterrupt:
         err_console.print("interrupted; finished stages are kept in the run directory")
         raise typer.Exit(130)
@@ -47,7 +53,8 @@ def build(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output GGUF (default: CHARACTER with .gguf)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model: `smollm2-135m`, a .gguf file or a Hugging Face checkpoint directory."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (default, quick, tiny) or path to a .toml file."),
-    method: Optional[str] = typer.Option(None, "--method", help="Importance scorer: wanda-sp, magnitude, random."),
+    method: Optional[str] = typer.Option(None, "--method", help="Importance scorer: persona (default), wanda-sp, magnitude, random."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="A larger GGUF that writes the in-voice calibration answers (default: the base model)."),
     ffn_sparsity: Optional[float] = typer.Option(None, "--ffn-sparsity", help="Fraction of FFN channels removed in each layer, in [0, 1)."),
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0 ..."),
@@ -74,9 +81,10 @@ def build(
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
         "quant": quant, "seed": seed, "uniform": False if per_layer else None,
+        "teacher": str(teacher) if teacher else None,
     }
     options = BuildOptions(character=character, out=out, recipe=recipe, overrides=overrides, device=device)
-    say = (lambda _: None) if (quiet or json_out) else (lambda msg: err_console.print(f"[dim]- {msg}[/]"))
+    say = (lambda _: None) if (quiet or json_out) else (lambda msg: err_console.print(f"[dim]- {escape(msg)}[/]"))
     result = _run(lambda: run_build(options, progress=say), debug)
     if json_out:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
@@ -89,13 +97,13 @@ def build(
 def _print_build_summary(result) -> None:
     r = result.report
     params, val = r["parameters"], r["validation"]
-    console.print(f"[bold green]built[/] {result.path}  ({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}, {r['architecture']})")
+    console.print(f"[bold green]built[/] {escape(str(result.path))}  ({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}, {r['architecture']})")
     console.print(f"parameters {params['dense']:,} -> {params['pruned']:,} ({params['kept_fraction']:.1%} kept)")
     console.print(f"llama.cpp vs PyTorch: top-1 {val['top1']:.1%}, mean KL {val['kl_mean']:.4f} over {val['positions']} positions")
     fallbacks = r["quantization"]["fallbacks"]
     if fallbacks:
         console.print(f"{len(fallbacks)} matrices stored in another type than {r['recipe']['quant']} (see report)")
-    console.print(f"report: {result.report_path}")
+    console.print(f"report: {escape(str(result.report_path))}")
 
 
 @app.command()
@@ -116,15 +124,105 @@ def inspect(
     if json_out:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return
-    console.print(f"[bold]{file}[/]  {info['architecture']}, {info['parameters']:,} parameters, {info['file_bytes'] / 2**20:.1f} MiB")
-    console.print(f"name: {info['name']}   file type: {info['file_type']}   layers: {info['layers']}")
+    console.print(f"[bold]{escape(str(file))}[/]  {info['architecture']}, {info['parameters']:,} parameters, {info['file_bytes'] / 2**20:.1f} MiB")
+    console.print(f"name: {escape(str(info['name']))}   file type: {info['file_type']}   layers: {info['layers']}")
     table = Table("layer", "n_ff", "n_head", "n_head_kv")
     for i, w in enumerate(info["widths"]):
         table.add_row(str(i), str(w["n_ff"]), str(w["n_head"]), str(w["n_head_kv"]))
     console.print(table)
     for key, value in info["ppgguf"].items():
         text = value if isinstance(value, str) else json.dumps(value)
-        console.print(f"[cyan]{key}[/] = {text[:200] + ('...' if len(text) > 200 else '')}", highlight=False)
+        console.print(f"[cyan]{key}[/] = {escape(text[:200] + ('...' if len(text) > 200 else ''))}", highlight=False)
+
+
+@app.command("eval")
+def eval_command(
+    npc: Path = typer.Argument(..., help="The pruned GGUF."),
+    against: Path = typer.Option(..., "--against", help="The dense GGUF it was built from (same tokenizer)."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="Questions file (.jsonl with \"question\", or one per line)."),
+    n: int = typer.Option(10, "-n", help="Number of questions."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per greedy answer."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Persona system prompt (default: the NPC file's ppgguf.system_prompt)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the default question subset."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all)."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Compare a pruned GGUF with its dense model: KL on in-character answers, persona attribution,
+    general knowledge, sample answers.
+
+    Example:
+
+        ppgguf eval npc.gguf --against dense.gguf
+    """
+    from .evaluate import evaluate, render_eval
+
+    report = _run(lambda: evaluate(npc, against, questions, n=n, seed=seed, system_prompt=system_prompt,
+                                   max_tokens=max_tokens, threads=threads), debug)
+    if json_out:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        render_eval(report, console)
+
+
+@app.command()
+def bench(
+    npc: Path = typer.Argument(..., help="The pruned GGUF."),
+    against: Optional[Path] = typer.Option(None, "--against", help="The dense GGUF, for speed-ups."),
+    reps: int = typer.Option(5, "--reps", help="Repetitions (interleaved dense, npc, ...; medians)."),
+    tokens: int = typer.Option(64, "--tokens", help="Tokens decoded per repetition."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all)."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Measure prompt and decode speed, time to first token, memory and size in llama.cpp.
+
+    Example:
+
+        ppgguf bench npc.gguf --against dense.gguf --reps 10
+    """
+    from .evaluate import bench as run_bench
+    from .evaluate import render_bench
+
+    report = _run(lambda: run_bench(npc, against, reps=reps, n_decode=tokens, threads=threads), debug)
+    if json_out:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        render_bench(report, console)
+
+
+@app.command()
+def chat(
+    npc: Path = typer.Argument(..., help="A GGUF built by ppgguf (any chat GGUF works)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the one baked into the file)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default: the file's general.sampling.temp, else 0.7)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default: the file's, else 0.9)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest reply, in tokens."),
+    ctx: int = typer.Option(2048, "--ctx", help="Context window in tokens; the oldest turns are dropped to fit."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per reply."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No greeting; replies only."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Talk to a character. Reads lines from the terminal or from piped input (exits at its end).
+
+    Commands: /reset, /system TEXT, /stats, /save FILE, /help, /quit.
+
+    Example:
+
+        ppgguf chat captain_mirela.gguf
+
+        printf 'Who are you?\\n' | ppgguf chat captain_mirela.gguf --json
+    """
+    from .chat import ChatSession, run_repl
+
+    session = _run(lambda: ChatSession(npc, system=system, n_ctx=ctx, max_tokens=max_tokens,
+                                       temperature=temperature, top_p=top_p, seed=seed), debug)
+    try:
+        code = _run(lambda: run_repl(session, json_mode=json_out, quiet=quiet), debug)
+    finally:
+        session.close()
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -25,9 +25,20 @@ from .tokenizer import TokenizerSpec
 WRITE_TYPES = {"F32": (np.float32, gguf.LlamaFileType.ALL_F32), "F16": (np.float16, gguf.LlamaFileType.MOSTLY_F16)}
 
 
-def choose_arch(family: Family, widths: list[dict[str, int]]) -> gguf.MODEL_ARCH:
+def choose_arch(family: Family, widths: list[dict[str, int]], hidden: int | None = None, head_dim: int | None = None) -> gguf.MODEL_ARCH:
     uniform = all(w == widths[0] for w in widths)
-    return family.gguf_arch if uniform else PER_LAYER_ARCH
+    if not uniform:
+        return PER_LAYER_ARCH
+    # llama.cpp's `qwen2` graph sizes attn_q/attn_output as n_embd x n_embd: it cannot load a model
+    # with pruned heads (n_head * head_dim != n_embd). Such a model is written as `llama`, whose
+    # graph reads the head counts and takes the optional Q/K/V biases (Q/K are then permuted).
+    if (
+        family.gguf_arch == gguf.MODEL_ARCH.QWEN2
+        and hidden is not None and head_dim is not None
+        and widths[0]["n_head"] * head_dim != hidden
+    ):
+        return gguf.MODEL_ARCH.LLAMA
+    return family.gguf_arch
 
 
 def _llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
@@ -82,11 +93,12 @@ def export_gguf(
     """Write `model` to `out_path` (through a temporary name); returns what was written."""
     config = model.config
     widths = layer_widths(model)
-    arch = choose_arch(family, widths)
-    arch_name = gguf.MODEL_ARCH_NAMES[arch]
     head_dim = config.head_dim
+    arch = choose_arch(family, widths, config.hidden_size, head_dim)
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
     uniform = arch != PER_LAYER_ARCH
-    permute = family.permute_qk or arch == PER_LAYER_ARCH
+    # `llama` and `deci` use the normal rotary layout: Q/K are permuted whatever the family.
+    permute = family.permute_qk or arch != family.gguf_arch
     np_type, file_type = WRITE_TYPES[write_type]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)

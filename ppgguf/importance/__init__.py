@@ -11,14 +11,18 @@ from typing import Callable
 
 from ..errors import UserError
 from ..plan import Importance
-from . import magnitude, random_scores, wanda_sp
+from . import magnitude, persona, random_scores, wanda_sp
 from .common import ScoringInputs
 
 SCORERS: dict[str, Callable[[ScoringInputs], Importance]] = {
-    "magnitude": magnitude.score,
+    "persona": persona.score,
     "wanda-sp": wanda_sp.score,
+    "magnitude": magnitude.score,
     "random": random_scores.score,
 }
+
+# The calibration data each scorer reads: none, the generic text, or the persona calibration set.
+DATA_NEEDED = {"persona": "persona", "wanda-sp": "generic", "magnitude": None, "random": None}
 
 
 def get_scorer(name: str) -> Callable[[ScoringInputs], Importance]:
@@ -27,4 +31,4 @@ def get_scorer(name: str) -> Callable[[ScoringInputs], Importance]:
     return SCORERS[name]
 
 
-__all__ = ["SCORERS", "ScoringInputs", "get_scorer", "Importance"]
+__all__ = ["DATA_NEEDED", "SCORERS", "ScoringInputs", "get_scorer", "Importance"]

@@ -15,8 +15,12 @@ from .common import ScoringInputs, decoder_layers, group_shape
 
 
 @torch.no_grad()
-def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: str) -> tuple[list, list]:
-    """Per layer: squared L2 norm over all calibration tokens of each input channel of down_proj and o_proj."""
+def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: str, on_logits=None) -> tuple[list, list]:
+    """Per layer: squared L2 norm over all calibration tokens of each input channel of down_proj and o_proj.
+
+    `on_logits(i, logits)`, if given, receives each sequence's output logits (the persona scorer
+    takes its dense teacher distributions from this same pass).
+    """
     layers = decoder_layers(model)
     down_sq = [None] * len(layers)
     o_sq = [None] * len(layers)
@@ -33,8 +37,10 @@ def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: st
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(accumulate(down_sq, i)))
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(accumulate(o_sq, i)))
     try:
-        for ids in calibration:
-            model(torch.tensor([ids], device=device))
+        for i, ids in enumerate(calibration):
+            logits = model(torch.tensor([ids], device=device)).logits
+            if on_logits is not None:
+                on_logits(i, logits[0])
     finally:
         for handle in handles:
             handle.remove()
@@ -45,8 +51,10 @@ def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: st
 def score(inputs: ScoringInputs) -> Importance:
     if not inputs.calibration:
         raise ValueError("wanda-sp needs calibration text")
-    model = inputs.model
-    down_sq, o_sq = input_norms(model, inputs.calibration, inputs.device)
+    return from_norms(inputs.model, *input_norms(inputs.model, inputs.calibration, inputs.device))
+
+
+def from_norms(model: torch.nn.Module, down_sq: list, o_sq: list) -> Importance:
     n_groups, _, _ = group_shape(model)
     ffn, heads = [], []
     for layer, d_sq, a_sq in zip(decoder_layers(model), down_sq, o_sq):

@@ -1,0 +1,189 @@
+"""Fidelity benchmark: does the pruned model keep the character? (Persona-Pruner, Table 1 shape)
+
+For each of the paper's RoleBench characters (../shared/data/paper-eval/), build one pruned model per
+method and sparsity from the same dense base, and compare it with the dense model on that
+character's held-out questions (the paper's own questions, never used in calibration):
+
+- KL: teacher-forced KL(dense || pruned) on the dense model's greedy in-voice answers;
+- attribution: fraction of the pruned model's greedy answers whose nearest description
+  (all-MiniLM-L6-v2) is the right character, among all ten RoleBench characters;
+- general knowledge: multiple-choice accuracy by log-likelihood (ppgguf/data/general_knowledge.jsonl).
+
+Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.measure, the
+same code as `ppgguf eval`. Methods: random, magnitude, wanda-sp (generic calibration text),
+wanda-sp on the persona calibration data (ablation: the data without mask learning), persona
+(STE mask learning, KL to the dense model) and optionally persona-ce (STE, cross-entropy).
+
+    python benchmarks/fidelity.py                     # 5 characters, 50% FFN
+    python benchmarks/fidelity.py --sparsities 0.25 0.5 --characters 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppgguf import measure
+from ppgguf.base import load_base
+from ppgguf.build import cached_persona_calibration
+from ppgguf.calibrate import answer_sequences, generic_sequences
+from ppgguf.export import export_gguf
+from ppgguf.importance import SCORERS, ScoringInputs
+from ppgguf.llama_io import open_gguf
+from ppgguf.persona import persona_from_text
+from ppgguf.plan import make_plan
+from ppgguf.recipe import load_recipe, with_overrides
+from ppgguf.surgery import apply_plan
+from ppgguf.tokenizer import ChatTokenizer
+
+EVAL_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "paper-eval"
+ROLEBENCH_NAMES = ["Jack Torrance", "Violet Weston", "Twilight Sparkle", "Blair Waldorf", "James Brown",
+                   "Jeff Spicoli", "Jim Morrison", "Gaston", "Alvy Singer", "James Bond"]
+BASELINES = ["random", "magnitude", "wanda-sp"]
+
+
+def load_character(index: int, n_questions: int) -> dict:
+    general = json.loads((EVAL_DIR / f"rolebench_general_user_{index}.json").read_text())
+    specific = json.loads((EVAL_DIR / f"rolebench_specific_user_{index}.json").read_text())
+    half = n_questions // 2
+    return {
+        "name": ROLEBENCH_NAMES[index],
+        "description": general["persona_description"],
+        "questions": specific["questions"][:half] + general["questions"][: n_questions - half],
+    }
+
+
+def method_importance(method, model, tokenizer, persona_seqs, generic, recipe, sparsity, head_sparsity):
+    scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona"}.get(method, method)
+    inputs = ScoringInputs(
+        model=model, ffn_sparsity=sparsity, head_sparsity=head_sparsity, seed=recipe.seed,
+        calibration=[ids for ids, _ in persona_seqs] if method == "wanda-sp-persona" else generic,
+        persona_sequences=persona_seqs,
+        settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                  "loss": "ce" if method == "persona-ce" else recipe.loss},
+    )
+    return SCORERS[scorer](inputs)
+
+
+def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, spans, prompts, embed, desc, others, gk):
+    llm = open_gguf(path, n_ctx=2048, logits_all=True)
+    try:
+        kl = measure.teacher_forced_kl(dense_llm, llm, sequences, spans)["kl_mean"]
+        answers = [tokenizer.decode([t for t in measure.greedy_answer(llm, p, 64) if not measure.is_end(llm, t)])
+                   for p in prompts]
+        attribution = measure.attribution(answers, desc, others, embed)["accuracy"]
+        knowledge = measure.general_knowledge_accuracy(llm, tokenizer, gk, None)["accuracy"]
+    finally:
+        llm.close()
+    return {"kl": kl, "attribution": attribution, "knowledge": knowledge, "sample": answers[0][:200]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--characters", type=int, default=5)
+    parser.add_argument("--questions", type=int, default=10, help="held-out questions per character")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--head-sparsity", type=float, default=0.0)
+    parser.add_argument("--methods", nargs="+", default=BASELINES + ["wanda-sp-persona", "persona"])
+    parser.add_argument("--recipe", default="default")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. steps=32")
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args()
+
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key] = json.loads(value) if value[:1] in "0123456789-tf[" else value
+    recipe = with_overrides(load_recipe(args.recipe), overrides)
+    work = Path(tempfile.mkdtemp(prefix="ppgguf-fidelity-"))
+    base = load_base(recipe.base, work)
+    tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
+    generic = generic_sequences(tokenizer, recipe.generic_sequences, recipe.sequence_length)
+    embed = measure.load_embedder()
+    gk = measure.load_general_knowledge()
+    all_descriptions = {n: load_character(i, 2)["description"] for i, n in enumerate(ROLEBENCH_NAMES)}
+    results = []
+    for index in range(args.characters):
+        character = load_character(index, args.questions)
+        persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
+        others = [d for n, d in all_descriptions.items() if n != character["name"]]
+        started = time.perf_counter()
+        examples = cached_persona_calibration(base, tokenizer, persona, recipe, work, lambda m: print(f"  {m}", file=sys.stderr))
+        persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
+        print(f"{character['name']}: {len(persona_seqs)} calibration examples in {time.perf_counter() - started:.0f}s",
+              file=sys.stderr)
+
+        dense_path = work / "dense.f16.gguf"
+        export_gguf(base.model, base.family, base.tokenizer_spec, dense_path, "F16")
+        dense_llm = open_gguf(dense_path, n_ctx=2048, logits_all=True)
+        prompts = [tokenizer.chat_ids([{"role": "system", "content": persona.system_prompt},
+                                       {"role": "user", "content": q}], True) for q in character["questions"]]
+        dense_answers = [measure.greedy_answer(dense_llm, p, 64) for p in prompts]
+        sequences = [p + a for p, a in zip(prompts, dense_answers)]
+        spans = [(len(p), len(p) + len(a)) for p, a in zip(prompts, dense_answers)]
+        row = {"character": character["name"], "dense": measure_model(
+            dense_path, dense_llm, tokenizer, persona.system_prompt, sequences, spans, prompts, embed,
+            character["description"], others, gk)}
+        for sparsity in args.sparsities:
+            for method in args.methods:
+                t0 = time.perf_counter()
+                importance = method_importance(method, base.model, tokenizer, persona_seqs, generic, recipe,
+                                               sparsity, args.head_sparsity)
+                plan = make_plan(importance, sparsity, args.head_sparsity, True)
+                pruned = apply_plan(copy.deepcopy(base.model), plan)
+                path = work / "pruned.f16.gguf"
+                export_gguf(pruned, base.family, base.tokenizer_spec, path, "F16")
+                scores = measure_model(path, dense_llm, tokenizer, persona.system_prompt, sequences, spans,
+                                       prompts, embed, character["description"], others, gk)
+                scores["seconds"] = round(time.perf_counter() - t0, 1)
+                row[f"{method}@{sparsity}"] = scores
+                print(f"  {method}@{sparsity}: KL {scores['kl']:.3f} attribution {scores['attribution']:.2f} "
+                      f"knowledge {scores['knowledge']:.2f} ({scores['seconds']}s)", file=sys.stderr)
+                del pruned
+        dense_llm.close()
+        results.append(row)
+        if args.json:
+            args.json.write_text(json.dumps({"recipe": recipe.to_json(), "results": results}, indent=2))
+    print_tables(results, args.methods, args.sparsities)
+
+
+def print_tables(results, methods, sparsities) -> None:
+    def mean(key, metric):
+        values = [r[key][metric] for r in results if key in r]
+        return float(np.mean(values)) if values else float("nan")
+
+    print(f"\n{len(results)} characters: mean over characters (dense: KL 0, attribution "
+          f"{mean('dense', 'attribution'):.2f}, knowledge {mean('dense', 'knowledge'):.2f})\n")
+    header = "| method | " + " | ".join(f"KL @{s:.0%} | attribution @{s:.0%} | knowledge @{s:.0%}" for s in sparsities) + " |"
+    print(header)
+    print("|" + "---|" * (1 + 3 * len(sparsities)))
+    for method in methods:
+        cells = []
+        for s in sparsities:
+            key = f"{method}@{s}"
+            cells += [f"{mean(key, 'kl'):.3f}", f"{mean(key, 'attribution'):.2f}", f"{mean(key, 'knowledge'):.2f}"]
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    for s in sparsities:
+        baselines = [m for m in methods if m in BASELINES]
+        if "persona" not in methods or not baselines:
+            continue
+        best = min(baselines, key=lambda m: mean(f"{m}@{s}", "kl"))
+        kl_ratio = mean(f"persona@{s}", "kl") / mean(f"{best}@{s}", "kl")
+        best_attr = max(baselines, key=lambda m: mean(f"{m}@{s}", "attribution"))
+        dense_attr, base_attr = mean("dense", "attribution"), mean(f"{best_attr}@{s}", "attribution")
+        persona_attr = mean(f"persona@{s}", "attribution")
+        reduction = (persona_attr - base_attr) / (dense_attr - base_attr) if dense_attr != base_attr else float("nan")
+        print(f"\n@{s:.0%}: persona KL / best baseline KL ({best}) = {kl_ratio:.2f}; attribution drop reduced by "
+              f"{reduction:.1%} over the best baseline ({best_attr}): (persona - baseline) / (dense - baseline)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Persona-Pruner stage 2: learn which channels and head groups the character uses.
+
+Base weights stay frozen. Every FFN channel (and every KV group, when heads are pruned) gets one
+trainable score. The forward pass applies a hard top-k mask per layer, with the same k in every
+layer so the result stays a standard architecture; the backward pass is a straight-through
+estimator: the gradient reaches the scores as if the mask were the identity.
+
+Loss, on the in-voice answers with the persona prompt in context:
+- "kl" (default): KL(dense || masked) of next-token distributions, the dense distributions computed
+  once before training. It distils the dense model's own character instead of matching single
+  sampled tokens; DESIGN.md measured it well ahead of cross-entropy.
+- "ce": next-token cross-entropy on the answers, as in the paper.
+
+Scores start from wanda-sp on the same persona data, standardised per layer, so the first mask is
+already a good one and training refines the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ..plan import Importance, kept_ffn_width, kept_kv_groups
+from . import wanda_sp
+from .common import ScoringInputs, decoder_layers, group_shape
+
+
+def ste_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Hard 0/1 mask of the k highest scores; the gradient passes straight through to the scores."""
+    hard = torch.zeros_like(scores).scatter(0, torch.topk(scores, k).indices, 1.0)
+    return hard + scores - scores.detach()
+
+
+def _autocast(device: str):
+    """bf16 compute on a GPU (weights stay fp32, so surgery and export are exact); fp32 on the CPU."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _standardised_log(scores: torch.Tensor) -> torch.Tensor:
+    logs = scores.float().clamp_min(1e-12).log()
+    return (logs - logs.mean()) / logs.std().clamp_min(1e-6)
+
+
+class _Masks:
+    """Forward pre-hooks that multiply the inputs of down_proj and o_proj by the current masks."""
+
+    def __init__(self, model, ffn_scores, head_scores, ffn_k, kv_k):
+        n_groups, per_group, head_dim = group_shape(model)
+        self.handles = []
+        for layer, f_scores, h_scores in zip(decoder_layers(model), ffn_scores, head_scores):
+            self.handles.append(layer.mlp.down_proj.register_forward_pre_hook(self._ffn_hook(f_scores, ffn_k)))
+            if kv_k < n_groups:
+                columns = per_group * head_dim
+                self.handles.append(
+                    layer.self_attn.o_proj.register_forward_pre_hook(self._head_hook(h_scores, kv_k, columns))
+                )
+
+    def _ffn_hook(self, scores, k):
+        def hook(_module, args):
+            return (args[0] * ste_top_k(scores, k).to(args[0].dtype),)
+        return hook
+
+    def _head_hook(self, scores, k, columns):
+        def hook(_module, args):
+            return (args[0] * ste_top_k(scores, k).repeat_interleave(columns).to(args[0].dtype),)
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _answer_loss(model, ids: torch.Tensor, start: int, teacher_logp: torch.Tensor | None) -> torch.Tensor:
+    """Loss over the positions that predict the answer tokens ids[start:].
+
+    Only those positions go through the output matrix (`logits_to_keep`): the answer is the end of
+    the sequence, and the vocabulary projection of the long persona prompt would cost a third of
+    the forward pass for nothing.
+    """
+    n_predict = ids.shape[1] - start
+    student = model(ids, logits_to_keep=n_predict + 1).logits[0, :-1].float()
+    if teacher_logp is None:
+        return F.cross_entropy(student, ids[0, start:])
+    return F.kl_div(F.log_softmax(student, -1), teacher_logp.float(), log_target=True, reduction="batchmean")
+
+
+def score(inputs: ScoringInputs) -> Importance:
+    if not inputs.persona_sequences:
+        raise ValueError("the persona method needs persona calibration sequences")
+    model = inputs.model
+    settings = inputs.settings
+    n_groups, _, _ = group_shape(model)
+    ffn_k = kept_ffn_width(model.config.intermediate_size, inputs.ffn_sparsity)
+    kv_k = kept_kv_groups(n_groups, inputs.head_sparsity)
+
+    # One dense pass gives both the wanda-sp starting point and the teacher distributions for KL.
+    sequences = inputs.persona_sequences
+    loss_kind = settings.get("loss", "kl")
+    teacher: list[torch.Tensor | None] = [None] * len(sequences)
+
+    def keep_teacher(i, logits):
+        if loss_kind == "kl":
+            answer_start = sequences[i][1]
+            teacher[i] = F.log_softmax(logits[answer_start - 1 : -1].float(), -1).to(torch.float16)
+
+    with torch.no_grad(), _autocast(inputs.device):
+        norms = wanda_sp.input_norms(model, [ids for ids, _ in sequences], inputs.device, keep_teacher)
+    start = wanda_sp.from_norms(model, *norms)
+    ffn_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.ffn]
+    head_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.heads]
+    trainable = ffn_scores + (head_scores if kv_k < n_groups else [])
+    if ffn_k == model.config.intermediate_size and kv_k == n_groups:
+        return start  # nothing is pruned: there is no boundary to learn
+
+    torch.manual_seed(inputs.seed)
+    generator = torch.Generator().manual_seed(inputs.seed)
+    model.requires_grad_(False)
+    optimizer = torch.optim.Adam(trainable, lr=settings.get("lr", 0.01))
+    masks = _Masks(model, ffn_scores, head_scores, ffn_k, kv_k)
+    steps, batch = settings.get("steps", 48), settings.get("batch_size", 4)
+    history = []
+    try:
+        order: list[int] = []
+        for step in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(batch):
+                if not order:
+                    order = torch.randperm(len(inputs.persona_sequences), generator=generator).tolist()
+                index = order.pop()
+                ids, answer_start = sequences[index]
+                ids_t = torch.tensor([ids], device=inputs.device)
+                with _autocast(inputs.device):
+                    loss = _answer_loss(model, ids_t, answer_start, teacher[index]) / batch
+                loss.backward()
+                total += float(loss.detach())
+            optimizer.step()
+            history.append(total)
+            if inputs.on_step is not None:
+                inputs.on_step(step + 1, steps, total)
+    finally:
+        masks.remove()
+    inputs.log["loss_history"] = history
+    return Importance(ffn=[s.detach().cpu() for s in ffn_scores], heads=[s.detach().cpu() for s in head_scores])

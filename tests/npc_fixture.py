@@ -1,0 +1,75 @@
+"""A tiny character GGUF for the bake / chat tests.
+
+A random 2-layer llama (hidden 64, vocabulary 49152, tied embeddings) carrying the real default base
+model's tokenizer, with the persona baked into its chat template and the ppgguf / sampling keys the
+build writes. Built once per process (about a second), in a directory the caller provides.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import gguf
+import torch
+
+from ppgguf.bake import bake_chat_template, sampling_metadata
+from ppgguf.base import resolve_base
+from ppgguf.families import FAMILIES
+from ppgguf.tokenizer import TokenizerSpec
+
+NAME = "Captain Mirela Voss"
+# Jinja-looking text, quotes, backslashes, newlines and non-ASCII: all of it must survive as data.
+SYSTEM_PROMPT = (
+    "You are Captain Mirela Voss of the airship \"Kestrel's Wake\". Stay in character.\n\n"
+    "She says {{ user }} and {% if storm %}sails on{% endif %} {# never #} -- a back\\slash, 'quotes', "
+    "\"\"\"triple\"\"\"\nand a line ending in quotes \"\"\"\nÜmlaut, 漢字, emoji 😀, tab\there."
+)
+GREETING = "Wind's up, stranger. State your business or get off my deck."
+
+_cache: dict[tuple, Path] = {}
+_spec: list[TokenizerSpec] = []
+
+
+def base_spec() -> TokenizerSpec:
+    if not _spec:
+        _spec.append(TokenizerSpec.from_gguf(gguf.GGUFReader(resolve_base(None))))
+    return _spec[0]
+
+
+def tiny_model(vocab: int = 49152, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def build_npc(directory: Path, system_prompt: str = SYSTEM_PROMPT, greeting: str | None = GREETING,
+              bake: bool = True, name: str = "npc") -> Path:
+    """Write `<directory>/<name>.gguf` (cached per arguments) and return its path."""
+    from ppgguf.export import export_gguf
+
+    key = (str(directory), system_prompt, greeting, bake, name)
+    if key in _cache and _cache[key].exists():
+        return _cache[key]
+    spec = copy.deepcopy(base_spec())
+    if bake:
+        spec.set(gguf.Keys.Tokenizer.CHAT_TEMPLATE, bake_chat_template(spec.chat_template, system_prompt),
+                 gguf.GGUFValueType.STRING)
+    extra = {
+        "ppgguf.system_prompt": system_prompt,
+        "ppgguf.persona.name": NAME,
+        **sampling_metadata(),
+    }
+    if greeting:
+        extra["ppgguf.persona.greeting"] = greeting
+    general = {"name": NAME, "license": "apache-2.0"}
+    path = Path(directory) / f"{name}.gguf"
+    export_gguf(tiny_model(), FAMILIES["llama"], spec, path, "F32", general=general, extra=extra)
+    _cache[key] = path
+    return path
