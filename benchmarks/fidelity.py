@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ppgguf import measure
 from ppgguf.base import load_base

@@ -551,7 +551,7 @@ def write_model_card(path: Path, report: dict) -> Path:
         f"llama-cli -m {gguf_file} -cnv",
         "```",
         "",
-        f"Ollama (the Modelfile beside this card carries the system prompt, chat template and sampling):",
+        "Ollama (the Modelfile beside this card carries the system prompt, chat template and sampling):",
         "",
         "```bash",
         f"ollama create {model_name} -f {stem}.Modelfile",

@@ -154,6 +154,8 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     check_sparsity("--ffn-sparsity", recipe.ffn_sparsity)
     check_sparsity("--head-sparsity", recipe.head_sparsity)
     scorer = get_scorer(recipe.method)
+    if recipe.loss not in ("kl", "ce"):
+        raise UserError(f"recipe loss '{recipe.loss}' is unknown; use \"kl\" or \"ce\"")
     device = resolve_device(options.device)
     out = Path(options.out) if options.out else default_output(Path(options.character))
     if out.suffix.lower() != ".gguf":

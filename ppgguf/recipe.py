@@ -18,7 +18,7 @@ from .errors import UserError
 @dataclass
 class Recipe:
     base: str = "smollm2-135m"
-    method: str = "wanda-sp"
+    method: str = "persona"
     ffn_sparsity: float = 0.5
     head_sparsity: float = 0.0
     uniform: bool = True  # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
@@ -35,7 +35,7 @@ class Recipe:
     teacher_temperature: float = 0.7
     teacher: str = ""  # a GGUF answering in voice; empty = the dense base model
     # Mask learning (Persona-Pruner stage 2).
-    steps: int = 48
+    steps: int = 32
     batch_size: int = 4
     lr: float = 0.01
     loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)

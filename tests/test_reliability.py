@@ -255,20 +255,6 @@ def test_output_dir_not_writable(tiny_llama, tmp_path, monkeypatch):
     _nothing_written(locked)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into chmod 0o500 directories")
-def test_output_dir_chmod_read_only(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        args = ["build", CHARACTER, "--out", locked / "npc.gguf", "--base", tiny_llama.dir, "--device", "cpu"]
-        _assert_one_line_error(_invoke(args), r"not writable")
-        _nothing_written(locked)
-    finally:
-        locked.chmod(0o700)
-
-
 def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     usage = namedtuple("usage", "total used free")
@@ -281,8 +267,8 @@ def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
     _nothing_written(out_dir)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
 def test_device_cuda_without_gpu(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
     monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     out_dir = tmp_path / "out"
     out_dir.mkdir()

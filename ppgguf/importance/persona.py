@@ -27,10 +27,19 @@ from . import wanda_sp
 from .common import ScoringInputs, decoder_layers, group_shape
 
 
+class _StraightThroughTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.zeros_like(scores).scatter(0, torch.topk(scores, k).indices, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
 def ste_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Hard 0/1 mask of the k highest scores; the gradient passes straight through to the scores."""
-    hard = torch.zeros_like(scores).scatter(0, torch.topk(scores, k).indices, 1.0)
-    return hard + scores - scores.detach()
+    """Exact 0/1 mask of the k highest scores; the gradient passes straight through to the scores."""
+    return _StraightThroughTopK.apply(scores, k)
 
 
 def _autocast(device: str):

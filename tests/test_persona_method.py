@@ -1,0 +1,104 @@
+"""Persona-Pruner pieces on tiny models: question selection, the STE mask, determinism."""
+
+from __future__ import annotations
+
+import torch
+
+from ppgguf.calibrate import answer_sequences, divergence_scores, last_token_states, middle_band
+from ppgguf.importance import SCORERS, ScoringInputs
+from ppgguf.importance.persona import ste_top_k
+from ppgguf.plan import kept_ffn_width, make_plan
+
+PERSONA = "You are Grimbold, a dwarven smith. You speak only of iron, fire and hammers, always, in every answer."
+NEUTRAL = "You are a helpful assistant."
+
+
+def test_divergence_is_zero_for_identical_states_and_grows_with_difference():
+    states = torch.nn.functional.normalize(torch.randn(3, 2, 8), dim=-1)
+    refs = torch.stack([states.clone(), states.clone()])
+    assert torch.allclose(divergence_scores(states, refs), torch.zeros(3), atol=1e-6)
+    moved = refs.clone()
+    moved[:, 1] = -moved[:, 1]  # the persona flips question 1's representation
+    scores = divergence_scores(states, moved)
+    assert scores[1] > 1.5 and scores[0] < 1e-6 and scores[2] < 1e-6
+
+
+def test_prefix_cached_states_equal_plain_forward(tiny_llama, chat_tokenizer):
+    model = tiny_llama.model
+    questions = ["Hi!", "What is the weather like in the mountains today?"]
+    layers = middle_band(model.config.num_hidden_layers)
+    states = last_token_states(model, chat_tokenizer, PERSONA, questions, layers)
+    for i, q in enumerate(questions):
+        ids = chat_tokenizer.chat_ids([{"role": "system", "content": PERSONA}, {"role": "user", "content": q}], True)
+        with torch.no_grad():
+            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        for j, layer in enumerate(layers):
+            expected = torch.nn.functional.normalize(hidden[layer][0, -1], dim=-1)
+            assert torch.allclose(states[i, j], expected, atol=1e-4)
+
+
+def test_selection_prefers_questions_the_persona_changes(tiny_llama, chat_tokenizer):
+    """A one-word question is dominated by the system prompt; a long one drowns it out."""
+    model = tiny_llama.model
+    short = "Hi"
+    long = "Please " + " ".join(["list the numbers and letters in this long and very neutral sentence"] * 6)
+    layers = middle_band(model.config.num_hidden_layers)
+    mine = last_token_states(model, chat_tokenizer, PERSONA, [short, long], layers)
+    refs = last_token_states(model, chat_tokenizer, NEUTRAL, [short, long], layers)[None]
+    scores = divergence_scores(mine, refs)
+    assert scores[0] > scores[1]
+
+
+def test_ste_mask_keeps_exactly_k_and_passes_gradients():
+    scores = torch.randn(256, requires_grad=True)
+    mask = ste_top_k(scores, 96)
+    assert int(mask.detach().sum()) == 96
+    assert set(mask.detach().unique().tolist()) <= {0.0, 1.0}
+    (mask * torch.arange(256.0)).sum().backward()
+    assert torch.allclose(scores.grad, torch.arange(256.0))  # straight through: d mask / d score = 1
+
+
+def _persona_inputs(tiny, chat_tokenizer, seed=0, **settings):
+    examples = [
+        {"question": "Tell me about your forge.", "answer": "Iron and fire, lad. Hammers sing all day."},
+        {"question": "What do you eat?", "answer": "Bread baked on the forge stones, and strong ale."},
+        {"question": "Do you like the sea?", "answer": "Salt rusts good iron. I stay under the mountain."},
+    ]
+    sequences = answer_sequences(chat_tokenizer, PERSONA, examples)
+    return ScoringInputs(
+        model=tiny.fresh(), persona_sequences=sequences, ffn_sparsity=0.5, head_sparsity=0.5, seed=seed,
+        settings={"steps": 4, "batch_size": 2, "lr": 0.05, **settings},
+    )
+
+
+def test_persona_scorer_learns_masks_of_the_planned_size(tiny_llama, chat_tokenizer):
+    inputs = _persona_inputs(tiny_llama, chat_tokenizer)
+    dense_state = {k: v.clone() for k, v in inputs.model.state_dict().items()}
+    importance = SCORERS["persona"](inputs)
+    history = inputs.log["loss_history"]
+    assert len(history) == 4 and all(h > 0 for h in history)
+    # frozen base weights
+    for key, value in inputs.model.state_dict().items():
+        assert torch.equal(value, dense_state[key]), key
+    plan = make_plan(importance, 0.5, 0.5)
+    width = tiny_llama.model.config.intermediate_size
+    assert plan.ffn_widths == [kept_ffn_width(width, 0.5)] * len(plan.ffn_widths)
+    assert plan.kv_groups == [1] * len(plan.kv_groups)
+    # training moved the scores away from the wanda-sp start
+    start = SCORERS["wanda-sp"](ScoringInputs(model=inputs.model, calibration=[s for s, _ in inputs.persona_sequences]))
+    assert make_plan(start, 0.5, 0.5).ffn_keep != plan.ffn_keep or not torch.allclose(
+        importance.ffn[0], torch.nn.functional.normalize(start.ffn[0], dim=0))
+
+
+def test_persona_scorer_is_deterministic_and_seed_dependent(tiny_llama, chat_tokenizer):
+    first = SCORERS["persona"](_persona_inputs(tiny_llama, chat_tokenizer, seed=3))
+    again = SCORERS["persona"](_persona_inputs(tiny_llama, chat_tokenizer, seed=3))
+    other = SCORERS["persona"](_persona_inputs(tiny_llama, chat_tokenizer, seed=4))
+    assert all(torch.equal(a, b) for a, b in zip(first.ffn, again.ffn))
+    assert any(not torch.equal(a, b) for a, b in zip(first.ffn, other.ffn))
+
+
+def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
+    inputs = _persona_inputs(tiny_llama, chat_tokenizer, loss="ce")
+    SCORERS["persona"](inputs)
+    assert len(inputs.log["loss_history"]) == 4
