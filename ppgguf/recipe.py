@@ -37,7 +37,7 @@ class Recipe:
     # Mask learning (Persona-Pruner stage 2).
     steps: int = 32
     batch_size: int = 4
-    lr: float = 0.01
+    lr: float = 0.05
     loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
     # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
     validation_prompts: int = 4
