@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import gguf
 import torch
+from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .bake import bake_chat_template, sampling_metadata, write_companions
@@ -39,6 +40,7 @@ from .calibrate import answer_sequences, generic_sequences, persona_calibration,
 from .errors import UserError
 from .export import choose_arch, export_gguf
 from .figure import write_build_figure
+from .heal import dense_answer_distributions, heal
 from .importance import DATA_NEEDED, ScoringInputs, get_scorer
 from .persona import Persona, load_persona
 from .plan import PruningPlan, check_sparsity, make_plan
@@ -48,6 +50,9 @@ from .runs import atomic_write_json, cache_root, key_of, read_json, run_dir
 from .surgery import apply_plan, layer_widths, parameter_count
 from .tokenizer import ChatTokenizer
 from .validate import torch_logits, validate_gguf
+
+
+HEAL_FIELDS = ("heal", "heal_steps", "heal_lr")
 
 
 @dataclass
@@ -129,6 +134,17 @@ class _Stages:
         return result
 
 
+def _step_reporter(what: str, progress: Callable[[str], None]) -> Callable[[int, int, float], None]:
+    """Progress of an iterative stage, with the time left estimated from the steps so far."""
+    start = time.perf_counter()
+
+    def report(step: int, steps: int, loss: float) -> None:
+        left = (time.perf_counter() - start) / step * (steps - step)
+        progress(f"{what}: step {step}/{steps}, loss {loss:.4f}, about {left / 60:.1f} min left")
+
+    return report
+
+
 def predicted_parameters(model: torch.nn.Module) -> int:
     """Parameter count implied by the layer widths alone, to check that surgery removed what it should."""
     config = model.config
@@ -166,7 +182,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     prune_key = {
         "ppgguf": __version__,
         "system_prompt": persona.system_prompt,
-        **{k: v for k, v in recipe.to_json().items() if k not in ("quant", "validation_prompts")},
+        **{k: v for k, v in recipe.to_json().items() if k not in ("quant", "validation_prompts") + HEAL_FIELDS},
     }
     work = run_dir({"base": recipe.base, **prune_key})
     base = stages.run("load_base", f"Loading base model {recipe.base}", lambda: load_base(recipe.base, work))
@@ -188,7 +204,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
             model=base.model.to(device), ffn_sparsity=recipe.ffn_sparsity, head_sparsity=recipe.head_sparsity,
             seed=recipe.seed, device=device,
             settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr, "loss": recipe.loss},
-            on_step=lambda i, n, loss: progress(f"Learning masks: step {i}/{n}, loss {loss:.4f}") if i % 8 == 0 or i == n else None,
+            on_step=_step_reporter("Learning masks", progress),
         )
         if DATA_NEEDED[recipe.method] == "generic":
             inputs.calibration = stages.run(
@@ -207,11 +223,45 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
         scorer_log = inputs.log
         atomic_write_json(plan_file, {"key": key_of(prune_key), "plan": plan.to_json(), "log": scorer_log})
 
+    # Healing changes the weights, not the plan: its settings key only what comes after surgery.
+    weights_key = [prune_key, {k: getattr(recipe, k) for k in HEAL_FIELDS}]
+    healed_file = work / f"healed-{key_of(weights_key)}.safetensors"
+    teacher_for_healing = None
+    if recipe.heal and not healed_file.is_file():
+        # The dense model's answer distributions are the healing target: take them before surgery.
+        examples = stages.run(
+            "calibrate", "Building the persona calibration set",
+            lambda: cached_persona_calibration(base, tokenizer, persona, recipe, work, progress),
+        )
+        heal_sequences = answer_sequences(tokenizer, persona.system_prompt, examples)
+        teacher_for_healing = stages.run(
+            "heal", "Dense answer distributions for healing",
+            lambda: dense_answer_distributions(base.model.to(device), heal_sequences, device),
+        )
+        base.model.to("cpu")
+
     model = stages.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(base.model, plan))
     pruned_params = parameter_count(model)
 
+    if recipe.heal and healed_file.is_file():
+        progress("Reusing the healed weights from the run directory")
+        model.load_state_dict(load_file(str(healed_file)), strict=False)
+        scorer_log["heal_loss_history"] = read_json(healed_file.with_suffix(".json"))
+    elif recipe.heal:
+        scorer_log["heal_loss_history"] = stages.run(
+            "heal", f"Healing the kept weights ({recipe.heal_steps} steps)",
+            lambda: heal(model, heal_sequences, teacher_for_healing, recipe.heal_steps, recipe.batch_size,
+                         recipe.heal_lr, recipe.seed, device,
+                         on_step=_step_reporter("Healing", progress)),
+        )
+        tmp = healed_file.with_name(healed_file.name + ".partial")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
+                   or not model.config.tie_word_embeddings}, str(tmp))
+        atomic_write_json(healed_file.with_suffix(".json"), scorer_log["heal_loss_history"])
+        tmp.replace(healed_file)
+
     # Keyed by everything written into it, so a finished export is reused after a crash or for another quant.
-    f32_path = work / f"model-{key_of([prune_key, persona.to_json()])}.f32.gguf"
+    f32_path = work / f"model-{key_of([weights_key, persona.to_json()])}.f32.gguf"
     metadata = gguf_metadata(persona, base, recipe, model)
     # The exported file's chat template falls back to the character's system prompt.
     export_spec = copy.deepcopy(base.tokenizer_spec)

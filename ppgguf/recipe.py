@@ -39,6 +39,10 @@ class Recipe:
     batch_size: int = 4
     lr: float = 0.05
     loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
+    # Recovery finetuning of the kept weights after surgery (`--heal`).
+    heal: bool = False
+    heal_steps: int = 32
+    heal_lr: float = 5e-5
     # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
     validation_prompts: int = 4
 
@@ -55,7 +59,8 @@ SECTIONS = {
                     "candidate_questions": "candidate_questions", "reference_personas": "reference_personas",
                     "selected_questions": "selected_questions", "answer_tokens": "answer_tokens",
                     "teacher_temperature": "teacher_temperature", "teacher": "teacher"},
-    "train": {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "loss": "loss"},
+    "train": {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "loss": "loss",
+              "heal": "heal", "heal_steps": "heal_steps", "heal_lr": "heal_lr"},
     "export": {"quant": "quant"},
     "validate": {"prompts": "validation_prompts"},
 }

@@ -102,3 +102,47 @@ def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
     inputs = _persona_inputs(tiny_llama, chat_tokenizer, loss="ce")
     SCORERS["persona"](inputs)
     assert len(inputs.log["loss_history"]) == 4
+
+
+HEAL_RECIPE = """
+[prune]
+method = "persona"
+ffn_sparsity = 0.5
+head_sparsity = 0.5
+[calibration]
+candidate_questions = 8
+reference_personas = 2
+selected_questions = 4
+answer_tokens = 8
+[train]
+steps = 2
+batch_size = 2
+heal = true
+heal_steps = 6
+heal_lr = 0.001
+[export]
+quant = "F16"
+[validate]
+prompts = 2
+"""
+
+
+def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path, monkeypatch):
+    from ppgguf.build import BuildOptions, build
+
+    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
+    recipe = tmp_path / "heal.toml"
+    recipe.write_text(HEAL_RECIPE)
+    character = tmp_path / "grimbold.txt"
+    character.write_text("Name: Grimbold\n" + PERSONA + "\n")
+    options = BuildOptions(character=character, out=tmp_path / "healed.gguf", recipe=str(recipe),
+                           overrides={"base": str(tiny_llama.dir)}, device="cpu")
+    healed = build(options).report
+    history = healed["scoring"]["heal_loss_history"]
+    assert len(history) == 6 and history[-1] < history[0]
+    assert healed["validation"]["top1"] >= 0.99  # the gate compares against the healed weights
+    # a rerun reuses the healed weights and writes the same file
+    again = build(BuildOptions(character=character, out=tmp_path / "again.gguf", recipe=str(recipe),
+                               overrides={"base": str(tiny_llama.dir)}, device="cpu"))
+    assert (tmp_path / "again.gguf").read_bytes() == (tmp_path / "healed.gguf").read_bytes()
+    assert again.report["scoring"]["heal_loss_history"] == history
