@@ -16,6 +16,7 @@ wanda-sp on the persona calibration data (ablation: the data without mask learni
 
     python benchmarks/fidelity.py                     # 5 characters, 50% FFN
     python benchmarks/fidelity.py --sparsities 0.25 0.5 --characters 3 --json out.json
+    python benchmarks/fidelity.py --first 1 --characters 1 --methods wanda-sp persona
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, sp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--characters", type=int, default=5)
+    parser.add_argument("--first", type=int, default=0, help="index of the first RoleBench character")
     parser.add_argument("--questions", type=int, default=10, help="held-out questions per character")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
     parser.add_argument("--head-sparsity", type=float, default=0.0)
@@ -110,7 +112,7 @@ def main() -> None:
     gk = measure.load_general_knowledge()
     all_descriptions = {n: load_character(i, 2)["description"] for i, n in enumerate(ROLEBENCH_NAMES)}
     results = []
-    for index in range(args.characters):
+    for index in range(args.first, args.first + args.characters):
         character = load_character(index, args.questions)
         persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
         others = [d for n, d in all_descriptions.items() if n != character["name"]]
