@@ -41,25 +41,16 @@ from .tokenizer import CHATML_TEMPLATE
 _LLAMA_CPP_PY_BUFFER = 1024
 
 
+# Escapes both Jinja and Go string literals share; each adds its own quote character.
+_COMMON_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def jinja_string_literal(text: str) -> str:
     """`text` as a single-quoted Jinja string literal that every chat-template engine reads back verbatim."""
     if "\x00" in text:
         raise ValueError("a NUL character cannot be stored in a chat template (llama.cpp reads C strings)")
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "'":
-            out.append("\\'")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        else:
-            out.append(ch)
-    return "'" + "".join(out) + "'"
+    escapes = {**_COMMON_ESCAPES, "'": "\\'"}
+    return "'" + "".join(escapes.get(ch, ch) for ch in text) + "'"
 
 
 def bake_chat_template(template: str | None, system_prompt: str) -> str:
@@ -187,27 +178,17 @@ def go_template_for(jinja_template: str | None) -> tuple[str, list[str]] | None:
 
 def go_string_literal(text: str) -> str:
     """`text` as a Go interpreted string literal holding only printable characters and no '\"\"\"'."""
-    out = ['"']
-    for ch in text:
+    escapes = {**_COMMON_ESCAPES, '"': '\\"'}
+
+    def escape(ch: str) -> str:
         code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch.isprintable() and not (0xD800 <= code <= 0xDFFF):
-            out.append(ch)
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
+        if ch in escapes:
+            return escapes[ch]
+        if ch.isprintable() and not (0xD800 <= code <= 0xDFFF):
+            return ch
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    return '"' + "".join(escape(ch) for ch in text) + '"'
 
 
 def _messages_template_with_default(fmt: dict[str, Any], system_prompt: str) -> str:

@@ -159,6 +159,30 @@ def predicted_parameters(model: torch.nn.Module) -> int:
     return total
 
 
+@dataclass
+class _Run:
+    """What the stages of one build share: its checked inputs, the loaded base and the run directory."""
+
+    persona: Persona
+    recipe: Recipe
+    device: str
+    out: Path
+    work: Path
+    base: Any
+    tokenizer: ChatTokenizer
+    prune_key: dict[str, Any]  # everything that decides the pruning plan
+    stages: _Stages
+    progress: Callable[[str], None]
+
+    def persona_sequences(self) -> list[tuple[list[int], int]]:
+        examples = self.stages.run(
+            "calibrate", "Building the persona calibration set",
+            lambda: cached_persona_calibration(self.base, self.tokenizer, self.persona, self.recipe, self.work,
+                                               self.progress),
+        )
+        return answer_sequences(self.tokenizer, self.persona.system_prompt, examples)
+
+
 def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: None) -> BuildResult:
     stages = _Stages(progress)
     build_start = time.perf_counter()
@@ -169,7 +193,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     recipe.quant = check_quant_type(recipe.quant)
     check_sparsity("--ffn-sparsity", recipe.ffn_sparsity)
     check_sparsity("--head-sparsity", recipe.head_sparsity)
-    scorer = get_scorer(recipe.method)
+    get_scorer(recipe.method)
     if recipe.loss not in ("kl", "ce"):
         raise UserError(f"recipe loss '{recipe.loss}' is unknown; use \"kl\" or \"ce\"")
     device = resolve_device(options.device)
@@ -186,140 +210,155 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     }
     work = run_dir({"base": recipe.base, **prune_key})
     base = stages.run("load_base", f"Loading base model {recipe.base}", lambda: load_base(recipe.base, work))
-    tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     prune_key["base_sha256"] = base.sha256
     dense_params = parameter_count(base.model)
-    model_bytes_f32 = dense_params * 4
-    check_output(out, expected_bytes=model_bytes_f32 // 2)
+    check_output(out, expected_bytes=dense_params * 4 // 2)
+    run = _Run(persona, recipe, device, out, work, base, ChatTokenizer(base.tokenizer_spec, base.vocab_gguf),
+               prune_key, stages, progress)
 
-    plan_file = work / "plan.json"
-    plan_data = read_json(plan_file)
-    scorer_log: dict[str, Any] = {}
-    if plan_data is not None and plan_data.get("key") == key_of(prune_key):
-        plan = PruningPlan.from_json(plan_data["plan"])
-        scorer_log = plan_data.get("log", {})
-        progress("Reusing the pruning plan from the run directory")
-    else:
-        inputs = ScoringInputs(
-            model=base.model.to(device), ffn_sparsity=recipe.ffn_sparsity, head_sparsity=recipe.head_sparsity,
-            seed=recipe.seed, device=device,
-            settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr, "loss": recipe.loss},
-            on_step=_step_reporter("Learning masks", progress),
-        )
-        if DATA_NEEDED[recipe.method] == "generic":
-            inputs.calibration = stages.run(
-                "calibrate", "Preparing generic calibration text",
-                lambda: generic_sequences(tokenizer, recipe.generic_sequences, recipe.sequence_length),
-            )
-        elif DATA_NEEDED[recipe.method] == "persona":
-            examples = stages.run(
-                "calibrate", "Building the persona calibration set",
-                lambda: cached_persona_calibration(base, tokenizer, persona, recipe, work, progress),
-            )
-            inputs.persona_sequences = answer_sequences(tokenizer, persona.system_prompt, examples)
-        importance = stages.run("score", f"Scoring channels and heads ({recipe.method})", lambda: scorer(inputs))
-        base.model.to("cpu")
-        plan = make_plan(importance, recipe.ffn_sparsity, recipe.head_sparsity, recipe.uniform)
-        scorer_log = inputs.log
-        atomic_write_json(plan_file, {"key": key_of(prune_key), "plan": plan.to_json(), "log": scorer_log})
-
-    # Healing changes the weights, not the plan: its settings key only what comes after surgery.
+    plan, scorer_log = pruning_plan(run)
     weights_key = [prune_key, {k: getattr(recipe, k) for k in HEAL_FIELDS}]
-    healed_file = work / f"healed-{key_of(weights_key)}.safetensors"
-    teacher_for_healing = None
+    model, heal_log = pruned_model(run, plan, weights_key)
+    if heal_log is not None:
+        scorer_log["heal_loss_history"] = heal_log
+    f32_path, written = export_f32(run, model, weights_key)
+    report = {
+        "ppgguf_version": __version__,
+        "output": str(out),
+        "character": persona.name,
+        "persona": persona.to_json(),
+        "recipe": recipe.to_json(),
+        "base": {"name": base.name, "source": base.source, "sha256": base.sha256, "family": base.family.name},
+        "architecture": written["architecture"],
+        "parameters": {
+            "dense": dense_params,
+            "pruned": parameter_count(model),
+            "predicted_from_widths": predicted_parameters(model),
+            "kept_fraction": round(parameter_count(model) / dense_params, 4),
+        },
+        "widths": written["widths"],
+        "scoring": scorer_log,
+        "versions": versions(),
+        "inputs": input_hashes(options, persona, recipe, base),
+        "run_dir": str(work),
+    }
+    report_path = quantize_validate_and_place(run, model, f32_path, report, build_start)
+    return BuildResult(path=out, report_path=report_path, report=report)
+
+
+def pruning_plan(run: _Run) -> tuple[PruningPlan, dict[str, Any]]:
+    """Score channels and heads and choose what to keep; reused from the run directory when its key matches."""
+    recipe, base = run.recipe, run.base
+    plan_file = run.work / "plan.json"
+    plan_data = read_json(plan_file)
+    if plan_data is not None and plan_data.get("key") == key_of(run.prune_key):
+        run.progress("Reusing the pruning plan from the run directory")
+        return PruningPlan.from_json(plan_data["plan"]), plan_data.get("log", {})
+
+    inputs = ScoringInputs(
+        model=base.model.to(run.device), ffn_sparsity=recipe.ffn_sparsity, head_sparsity=recipe.head_sparsity,
+        seed=recipe.seed, device=run.device,
+        settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr, "loss": recipe.loss},
+        on_step=_step_reporter("Learning masks", run.progress),
+    )
+    if DATA_NEEDED[recipe.method] == "generic":
+        inputs.calibration = run.stages.run(
+            "calibrate", "Preparing generic calibration text",
+            lambda: generic_sequences(run.tokenizer, recipe.generic_sequences, recipe.sequence_length),
+        )
+    elif DATA_NEEDED[recipe.method] == "persona":
+        inputs.persona_sequences = run.persona_sequences()
+    scorer = get_scorer(recipe.method)
+    importance = run.stages.run("score", f"Scoring channels and heads ({recipe.method})", lambda: scorer(inputs))
+    base.model.to("cpu")
+    plan = make_plan(importance, recipe.ffn_sparsity, recipe.head_sparsity, recipe.uniform)
+    atomic_write_json(plan_file, {"key": key_of(run.prune_key), "plan": plan.to_json(), "log": inputs.log})
+    return plan, inputs.log
+
+
+def pruned_model(run: _Run, plan: PruningPlan, weights_key: list) -> tuple[torch.nn.Module, list[float] | None]:
+    """Surgery, then healing when the recipe asks for it (healed weights are kept in the run directory).
+
+    Returns the model and the healing loss per step (None without healing).
+    """
+    recipe, device = run.recipe, run.device
+    # Healing changes the weights, not the plan: its settings key only what comes after surgery.
+    healed_file = run.work / f"healed-{key_of(weights_key)}.safetensors"
     if recipe.heal and not healed_file.is_file():
         # The dense model's answer distributions are the healing target: take them before surgery.
-        examples = stages.run(
-            "calibrate", "Building the persona calibration set",
-            lambda: cached_persona_calibration(base, tokenizer, persona, recipe, work, progress),
-        )
-        heal_sequences = answer_sequences(tokenizer, persona.system_prompt, examples)
-        teacher_for_healing = stages.run(
+        heal_sequences = run.persona_sequences()
+        teacher = run.stages.run(
             "heal", "Dense answer distributions for healing",
-            lambda: dense_answer_distributions(base.model.to(device), heal_sequences, device),
+            lambda: dense_answer_distributions(run.base.model.to(device), heal_sequences, device),
         )
-        base.model.to("cpu")
+        run.base.model.to("cpu")
 
-    model = stages.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(base.model, plan))
-    pruned_params = parameter_count(model)
-
-    if recipe.heal and healed_file.is_file():
-        progress("Reusing the healed weights from the run directory")
+    model = run.stages.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(run.base.model, plan))
+    if not recipe.heal:
+        return model, None
+    if healed_file.is_file():
+        run.progress("Reusing the healed weights from the run directory")
         model.load_state_dict(load_file(str(healed_file)), strict=False)
-        scorer_log["heal_loss_history"] = read_json(healed_file.with_suffix(".json"))
-    elif recipe.heal:
-        scorer_log["heal_loss_history"] = stages.run(
-            "heal", f"Healing the kept weights ({recipe.heal_steps} steps)",
-            lambda: heal(model, heal_sequences, teacher_for_healing, recipe.heal_steps, recipe.batch_size,
-                         recipe.heal_lr, recipe.seed, device,
-                         on_step=_step_reporter("Healing", progress)),
-        )
-        tmp = healed_file.with_name(healed_file.name + ".partial")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
-                   or not model.config.tie_word_embeddings}, str(tmp))
-        atomic_write_json(healed_file.with_suffix(".json"), scorer_log["heal_loss_history"])
-        tmp.replace(healed_file)
+        return model, read_json(healed_file.with_suffix(".json"))
+    history = run.stages.run(
+        "heal", f"Healing the kept weights ({recipe.heal_steps} steps)",
+        lambda: heal(model, heal_sequences, teacher, recipe.heal_steps, recipe.batch_size, recipe.heal_lr,
+                     recipe.seed, device, on_step=_step_reporter("Healing", run.progress)),
+    )
+    tmp = healed_file.with_name(healed_file.name + ".partial")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
+               or not model.config.tie_word_embeddings}, str(tmp))
+    atomic_write_json(healed_file.with_suffix(".json"), history)
+    tmp.replace(healed_file)
+    return model, history
 
+
+def export_f32(run: _Run, model: torch.nn.Module, weights_key: list) -> tuple[Path, dict[str, Any]]:
+    """The F32 GGUF in the run directory, with the persona baked into its metadata and chat template."""
+    persona, base = run.persona, run.base
     # Keyed by everything written into it, so a finished export is reused after a crash or for another quant.
-    f32_path = work / f"model-{key_of([weights_key, persona.to_json()])}.f32.gguf"
-    metadata = gguf_metadata(persona, base, recipe, model)
+    f32_path = run.work / f"model-{key_of([weights_key, persona.to_json()])}.f32.gguf"
+    if f32_path.is_file():
+        run.progress("Reusing the exported GGUF from the run directory")
+        widths = layer_widths(model)
+        arch = choose_arch(base.family, widths, model.config.hidden_size, model.config.head_dim)
+        return f32_path, {"architecture": gguf.MODEL_ARCH_NAMES[arch], "widths": widths}
     # The exported file's chat template falls back to the character's system prompt.
     export_spec = copy.deepcopy(base.tokenizer_spec)
     export_spec.set(
         gguf.Keys.Tokenizer.CHAT_TEMPLATE,
-        bake_chat_template(tokenizer.template, persona.system_prompt),
+        bake_chat_template(run.tokenizer.template, persona.system_prompt),
         gguf.GGUFValueType.STRING,
     )
-    if f32_path.is_file():
-        progress("Reusing the exported GGUF from the run directory")
-        widths = layer_widths(model)
-        arch = choose_arch(base.family, widths, model.config.hidden_size, model.config.head_dim)
-        written = {"architecture": gguf.MODEL_ARCH_NAMES[arch], "widths": widths}
-    else:
-        written = stages.run(
-            "export",
-            "Writing GGUF",
-            lambda: export_gguf(model, base.family, export_spec, f32_path, "F32", **metadata),
-        )
+    metadata = gguf_metadata(persona, base, run.recipe, model)
+    written = run.stages.run(
+        "export", "Writing GGUF", lambda: export_gguf(model, base.family, export_spec, f32_path, "F32", **metadata)
+    )
+    return f32_path, written
 
-    # Quantized and validated inside the run directory: a build killed before it passes leaves
-    # nothing beside the output, only a temporary file in the run directory.
-    tmp_out = work / f"{out.stem}.{recipe.quant}.gguf.partial"
+
+def quantize_validate_and_place(run: _Run, model, f32_path: Path, report: dict, build_start: float) -> Path:
+    """Quantize and validate inside the run directory; only a file that passed is moved to the output.
+
+    A build killed before the gate leaves nothing beside the output, only a temporary file in the
+    run directory. Completes `report` and writes it with the companion files; returns its path.
+    """
+    recipe, out = run.recipe, run.out
+    tmp_out = run.work / f"{out.stem}.{recipe.quant}.gguf.partial"
     try:
-        quant_report = stages.run(
+        report["quantization"] = run.stages.run(
             "quantize", f"Quantizing to {recipe.quant}", lambda: quantize(f32_path, tmp_out, recipe.quant)
         )
-        sequences = validation_sequences(tokenizer, persona, recipe.validation_prompts)
-        reference = stages.run("reference", "Computing PyTorch reference logits", lambda: torch_logits(model, sequences))
-        validation = stages.run(
-            "validate",
-            "Validating in llama.cpp",
+        sequences = validation_sequences(run.tokenizer, run.persona, recipe.validation_prompts)
+        reference = run.stages.run(
+            "reference", "Computing PyTorch reference logits", lambda: torch_logits(model, sequences)
+        )
+        report["validation"] = run.stages.run(
+            "validate", "Validating in llama.cpp",
             lambda: validate_gguf(tmp_out, model, sequences, reference, recipe.quant),
         )
-        report = {
-            "ppgguf_version": __version__,
-            "output": str(out),
-            "character": persona.name,
-            "persona": persona.to_json(),
-            "recipe": recipe.to_json(),
-            "base": {"name": base.name, "source": base.source, "sha256": base.sha256, "family": base.family.name},
-            "architecture": written["architecture"],
-            "parameters": {
-                "dense": dense_params,
-                "pruned": pruned_params,
-                "predicted_from_widths": predicted_parameters(model),
-                "kept_fraction": round(pruned_params / dense_params, 4),
-            },
-            "widths": written["widths"],
-            "file_bytes": tmp_out.stat().st_size,
-            "quantization": quant_report,
-            "scoring": scorer_log,
-            "validation": validation,
-            "seconds": {**stages.seconds, "total": round(time.perf_counter() - build_start, 3)},
-            "versions": versions(),
-            "inputs": input_hashes(options, persona, recipe, base),
-            "run_dir": str(work),
-        }
+        report["file_bytes"] = tmp_out.stat().st_size
+        report["seconds"] = {**run.stages.seconds, "total": round(time.perf_counter() - build_start, 3)}
         report_path = out.with_name(out.name + ".report.json")
         place_file(tmp_out, out)
         figure = out.with_name(out.name + ".png")
@@ -328,7 +367,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
         atomic_write_json(report_path, report)
     finally:
         tmp_out.unlink(missing_ok=True)
-    return BuildResult(path=out, report_path=report_path, report=report)
+    return report_path
 
 
 def place_file(src: Path, dst: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .llama_io import open_gguf
-from .persona import Persona, persona_from_card
+from .persona import Persona, reference_personas
 from .tokenizer import ChatTokenizer
 
 # Fixed prompts of the validation gate: everyday questions, each followed by a fixed reply so the
@@ -77,11 +77,6 @@ def validation_sequences(tokenizer: ChatTokenizer, persona: Persona, count: int)
 def question_pool() -> list[str]:
     lines = (resources.files("ppgguf") / "data" / "questions.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["question"] for line in lines if line.strip()]
-
-
-def reference_personas(count: int) -> list[Persona]:
-    data = json.loads((resources.files("ppgguf") / "data" / "reference_personas.json").read_text(encoding="utf-8"))
-    return [persona_from_card({"name": p["name"], "description": p["description"]}) for p in data[:count]]
 
 
 def candidate_questions(count: int, seed: int = 0) -> list[str]:

@@ -11,50 +11,50 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .answer_batches import Sequence, answer_logits, shared_prefix_length, shuffled_batches
+
 
 @torch.no_grad()
-def dense_answer_distributions(model, sequences: list[tuple[list[int], int]], device: str) -> list[torch.Tensor]:
+def dense_answer_distributions(model, sequences: list[Sequence], device: str, batch_size: int = 8) -> list[torch.Tensor]:
     """Log-probabilities of the dense model at the positions that predict each answer (fp16, CPU)."""
+    prefix_length = shared_prefix_length(sequences)
     out = []
-    for ids, start in sequences:
-        logits = model(torch.tensor([ids], device=device), logits_to_keep=len(ids) - start + 1).logits[0, :-1]
-        out.append(F.log_softmax(logits.float(), -1).to(torch.float16).cpu())
+    for first in range(0, len(sequences), batch_size):
+        batch = sequences[first : first + batch_size]
+        for logits in answer_logits(model, batch, prefix_length, device):
+            out.append(F.log_softmax(logits.float(), -1).to(torch.float16).cpu())
     return out
 
 
 def heal(
-    model, sequences: list[tuple[list[int], int]], teacher: list[torch.Tensor], steps: int, batch_size: int,
+    model, sequences: list[Sequence], teacher: list[torch.Tensor], steps: int, batch_size: int,
     lr: float, seed: int, device: str, on_step=None,
 ) -> list[float]:
     """Finetune `model` in place; returns the loss per step."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
     params = [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history: list[float] = []
-    order: list[int] = []
+    prefix_length = shared_prefix_length(sequences)
     try:
-        for step in range(steps):
+        for step, indices in enumerate(shuffled_batches(len(sequences), batch_size, steps, seed)):
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(batch_size):
-                if not order:
-                    order = torch.randperm(len(sequences), generator=generator).tolist()
-                index = order.pop()
-                ids, start = sequences[index]
-                logits = model(torch.tensor([ids], device=device), logits_to_keep=len(ids) - start + 1).logits[0, :-1]
-                target = teacher[index].to(device).float()
-                loss = F.kl_div(F.log_softmax(logits.float(), -1), target, log_target=True, reduction="batchmean")
-                (loss / batch_size).backward()
-                total += float(loss.detach()) / batch_size
+            batch = [sequences[i] for i in indices]
+            losses = [
+                F.kl_div(F.log_softmax(logits.float(), -1), teacher[i].to(device).float(), log_target=True,
+                         reduction="batchmean")
+                for i, logits in zip(indices, answer_logits(model, batch, prefix_length, device))
+            ]
+            loss = torch.stack(losses).mean()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            history.append(total)
+            history.append(float(loss.detach()))
             if on_step is not None:
-                on_step(step + 1, steps, total)
+                on_step(step + 1, steps, history[-1])
     finally:
         model.eval().to("cpu")
         for p in params:

@@ -32,6 +32,7 @@ import gguf
 import numpy as np
 
 from .errors import UserError
+from .persona import reference_personas
 
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> (n, d) L2-normalized rows
 
@@ -358,15 +359,10 @@ def load_embedder() -> Embedder:
     return embed
 
 
-def reference_personas() -> list[dict]:
-    text = (resources.files("ppgguf") / "data" / "reference_personas.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
 def other_descriptions(exclude_name: str | None) -> list[str]:
     """Descriptions of the reference characters, without the one named `exclude_name`."""
     name = (exclude_name or "").strip().lower()
-    return [p["description"] for p in reference_personas() if p["name"].strip().lower() != name]
+    return [p.description for p in reference_personas() if p.name.strip().lower() != name]
 
 
 def attribution(

@@ -34,6 +34,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -545,3 +546,9 @@ def load_persona(path: str | Path) -> Persona:
     if suffix == ".json":
         return persona_from_card(_parse_json(text, source), source=source)
     return persona_from_text(text, fallback_name=_name_from_stem(p.stem), source=source)
+
+
+def reference_personas(count: int | None = None) -> list[Persona]:
+    """The varied characters shipped in ppgguf/data: what persona divergence and attribution compare against."""
+    data = json.loads((resources.files("ppgguf") / "data" / "reference_personas.json").read_text(encoding="utf-8"))
+    return [persona_from_card({"name": p["name"], "description": p["description"]}) for p in data[:count]]

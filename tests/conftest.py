@@ -147,3 +147,20 @@ def chat_tokenizer(tiny_llama):
     from ppgguf.tokenizer import ChatTokenizer
 
     return ChatTokenizer(tiny_llama.base.tokenizer_spec, tiny_llama.base.vocab_gguf)
+
+
+def tiny_recipe(method: str, quant: str = "Q8_0", **train) -> str:
+    """TOML of the smallest recipe that runs every stage of `method` on the tiny models.
+
+    The persona method runs both of its stages with the tiny model as its own teacher (exported to
+    GGUF and run through llama.cpp); `train` sets [train] keys (steps, batch_size, heal, ...).
+    """
+    train = {"steps": 2, "batch_size": 1, **train}
+    return "\n".join([
+        "[prune]", f'method = "{method}"', "ffn_sparsity = 0.5", "head_sparsity = 0.5", "seed = 0",
+        "[calibration]", "candidate_questions = 8", "reference_personas = 2", "selected_questions = 4",
+        "answer_tokens = 8", "generic_sequences = 2", "sequence_length = 32",
+        "[train]", *(f"{key} = {json.dumps(value)}" for key, value in train.items()),
+        "[export]", f'quant = "{quant}"',
+        "[validate]", "prompts = 2", "",
+    ])

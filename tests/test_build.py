@@ -12,26 +12,12 @@ import ppgguf.export
 from ppgguf.build import BuildOptions, build
 from ppgguf.validate import ValidationError
 
+from conftest import tiny_recipe
+
 REPO = Path(__file__).resolve().parent.parent
 CHARACTER = REPO / "examples" / "captain_mirela.txt"
 
-TINY_RECIPE = """
-[prune]
-method = "wanda-sp"
-ffn_sparsity = 0.5
-head_sparsity = 0.5
-seed = 0
-
-[calibration]
-generic_sequences = 2
-sequence_length = 32
-
-[export]
-quant = "Q8_0"
-
-[validate]
-prompts = 2
-"""
+TINY_RECIPE = tiny_recipe("wanda-sp")
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.importance.persona import ste_top_k
 from ppgguf.plan import kept_ffn_width, make_plan
 
+from conftest import tiny_recipe
+
 PERSONA = "You are Grimbold, a dwarven smith. You speak only of iron, fire and hammers, always, in every answer."
 NEUTRAL = "You are a helpful assistant."
 
@@ -104,27 +106,7 @@ def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
     assert len(inputs.log["loss_history"]) == 4
 
 
-HEAL_RECIPE = """
-[prune]
-method = "persona"
-ffn_sparsity = 0.5
-head_sparsity = 0.5
-[calibration]
-candidate_questions = 8
-reference_personas = 2
-selected_questions = 4
-answer_tokens = 8
-[train]
-steps = 2
-batch_size = 2
-heal = true
-heal_steps = 6
-heal_lr = 0.001
-[export]
-quant = "F16"
-[validate]
-prompts = 2
-"""
+HEAL_RECIPE = tiny_recipe("persona", "F16", batch_size=2, heal=True, heal_steps=6, heal_lr=0.001)
 
 
 def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path, monkeypatch):

@@ -37,67 +37,19 @@ from ppgguf.errors import UserError
 from ppgguf.export import export_gguf
 from ppgguf.persona import load_persona
 
+from conftest import tiny_recipe
+
 REPO = Path(__file__).resolve().parent.parent
 CHARACTER = REPO / "examples" / "captain_mirela.txt"
 
 # Fast: no calibration data at all.
-MAGNITUDE_RECIPE = """
-[prune]
-method = "magnitude"
-ffn_sparsity = 0.5
-head_sparsity = 0.5
-seed = 0
-
-[export]
-quant = "Q8_0"
-
-[validate]
-prompts = 2
-"""
+MAGNITUDE_RECIPE = tiny_recipe("magnitude")
 
 # The persona method with the smallest settings that still run both of its stages; the tiny model is
 # its own teacher (exported to GGUF and run through llama.cpp).
-PERSONA_RECIPE = """
-[prune]
-method = "persona"
-ffn_sparsity = 0.5
-head_sparsity = 0.5
-seed = 0
+PERSONA_RECIPE = tiny_recipe("persona")
 
-[calibration]
-candidate_questions = 8
-reference_personas = 2
-selected_questions = 4
-answer_tokens = 8
-
-[train]
-steps = 2
-batch_size = 1
-
-[export]
-quant = "Q8_0"
-
-[validate]
-prompts = 2
-"""
-
-WANDA_RECIPE = """
-[prune]
-method = "wanda-sp"
-ffn_sparsity = 0.5
-head_sparsity = 0.5
-seed = 0
-
-[calibration]
-generic_sequences = 2
-sequence_length = 32
-
-[export]
-quant = "Q8_0"
-
-[validate]
-prompts = 2
-"""
+WANDA_RECIPE = tiny_recipe("wanda-sp")
 
 
 def sha256(path: Path) -> str:
@@ -482,7 +434,7 @@ def test_same_seed_same_bytes_and_report_provenance(tiny_llama, tmp_path, monkey
 
 
 def test_random_method_depends_on_the_seed(tiny_llama, tmp_path, monkeypatch):
-    recipe = MAGNITUDE_RECIPE.replace('"magnitude"', '"random"')
+    recipe = tiny_recipe("random")
     plans = []
     for seed in (0, 1):
         result = _build(tmp_path, monkeypatch, f"seed{seed}", recipe, tiny_llama.dir, seed=seed)

@@ -22,6 +22,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..answer_batches import answer_logits, shared_prefix_length, shuffled_batches
 from ..plan import Importance, kept_ffn_width, kept_kv_groups
 from . import wanda_sp
 from .common import ScoringInputs, decoder_layers, group_shape
@@ -83,18 +84,18 @@ class _Masks:
             handle.remove()
 
 
-def _answer_loss(model, ids: torch.Tensor, start: int, teacher_logp: torch.Tensor | None) -> torch.Tensor:
-    """Loss over the positions that predict the answer tokens ids[start:].
-
-    Only those positions go through the output matrix (`logits_to_keep`): the answer is the end of
-    the sequence, and the vocabulary projection of the long persona prompt would cost a third of
-    the forward pass for nothing.
-    """
-    n_predict = ids.shape[1] - start
-    student = model(ids, logits_to_keep=n_predict + 1).logits[0, :-1].float()
-    if teacher_logp is None:
-        return F.cross_entropy(student, ids[0, start:])
-    return F.kl_div(F.log_softmax(student, -1), teacher_logp.float(), log_target=True, reduction="batchmean")
+def _batch_loss(model, batch, prefix_length: int, teachers: list, device: str) -> torch.Tensor:
+    """Mean over the batch of each answer's loss (KL to the dense teacher, or cross-entropy without one)."""
+    losses = []
+    for (ids, start), logits, teacher_logp in zip(batch, answer_logits(model, batch, prefix_length, device), teachers):
+        logits = logits.float()
+        if teacher_logp is None:
+            target = torch.tensor(ids[start:], device=logits.device)
+            losses.append(F.cross_entropy(logits, target))
+        else:
+            target = teacher_logp.to(logits.device).float()
+            losses.append(F.kl_div(F.log_softmax(logits, -1), target, log_target=True, reduction="batchmean"))
+    return torch.stack(losses).mean()
 
 
 def score(inputs: ScoringInputs) -> Importance:
@@ -111,10 +112,11 @@ def score(inputs: ScoringInputs) -> Importance:
     loss_kind = settings.get("loss", "kl")
     teacher: list[torch.Tensor | None] = [None] * len(sequences)
 
-    def keep_teacher(i, logits):
+    def keep_teacher(i, hidden):
         if loss_kind == "kl":
             answer_start = sequences[i][1]
-            teacher[i] = F.log_softmax(logits[answer_start - 1 : -1].float(), -1).to(torch.float16)
+            logits = model.lm_head(hidden[answer_start - 1 : -1]).float()
+            teacher[i] = F.log_softmax(logits, -1).to(torch.float16)
 
     with torch.no_grad(), _autocast(inputs.device):
         norms = wanda_sp.input_norms(model, [ids for ids, _ in sequences], inputs.device, keep_teacher)
@@ -126,27 +128,20 @@ def score(inputs: ScoringInputs) -> Importance:
         return start  # nothing is pruned: there is no boundary to learn
 
     torch.manual_seed(inputs.seed)
-    generator = torch.Generator().manual_seed(inputs.seed)
     model.requires_grad_(False)
     optimizer = torch.optim.Adam(trainable, lr=settings.get("lr", 0.01))
     masks = _Masks(model, ffn_scores, head_scores, ffn_k, kv_k)
     steps, batch = settings.get("steps", 48), settings.get("batch_size", 4)
     history = []
     try:
-        order: list[int] = []
-        for step in range(steps):
+        prefix_length = shared_prefix_length(sequences)
+        for step, indices in enumerate(shuffled_batches(len(sequences), batch, steps, inputs.seed)):
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(batch):
-                if not order:
-                    order = torch.randperm(len(inputs.persona_sequences), generator=generator).tolist()
-                index = order.pop()
-                ids, answer_start = sequences[index]
-                ids_t = torch.tensor([ids], device=inputs.device)
-                with _autocast(inputs.device):
-                    loss = _answer_loss(model, ids_t, answer_start, teacher[index]) / batch
-                loss.backward()
-                total += float(loss.detach())
+            with _autocast(inputs.device):
+                loss = _batch_loss(model, [sequences[i] for i in indices], prefix_length,
+                                   [teacher[i] for i in indices], inputs.device)
+            loss.backward()
+            total = float(loss.detach())
             optimizer.step()
             history.append(total)
             if inputs.on_step is not None:

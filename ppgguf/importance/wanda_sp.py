@@ -15,11 +15,12 @@ from .common import ScoringInputs, decoder_layers, group_shape
 
 
 @torch.no_grad()
-def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: str, on_logits=None) -> tuple[list, list]:
+def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: str, on_hidden=None) -> tuple[list, list]:
     """Per layer: squared L2 norm over all calibration tokens of each input channel of down_proj and o_proj.
 
-    `on_logits(i, logits)`, if given, receives each sequence's output logits (the persona scorer
-    takes its dense teacher distributions from this same pass).
+    `on_hidden(i, hidden)`, if given, receives each sequence's final hidden states (the persona
+    scorer takes its dense teacher distributions from this same pass). The output matrix is never
+    applied here: the norms do not need it.
     """
     layers = decoder_layers(model)
     down_sq = [None] * len(layers)
@@ -38,9 +39,9 @@ def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: st
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(accumulate(o_sq, i)))
     try:
         for i, ids in enumerate(calibration):
-            logits = model(torch.tensor([ids], device=device)).logits
-            if on_logits is not None:
-                on_logits(i, logits[0])
+            hidden = model.model(torch.tensor([ids], device=device)).last_hidden_state
+            if on_hidden is not None:
+                on_hidden(i, hidden[0])
     finally:
         for handle in handles:
             handle.remove()

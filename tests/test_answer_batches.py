@@ -1,0 +1,41 @@
+"""Batched forward passes around the shared persona prompt equal one plain forward per sequence."""
+
+from __future__ import annotations
+
+import torch
+
+from ppgguf.answer_batches import answer_logits, shared_prefix_length
+from ppgguf.calibrate import answer_sequences
+
+PERSONA = "You are Brannoc, a dwarf smith who speaks in short, gruff sentences about iron and fire."
+EXAMPLES = [
+    {"question": "Tell me about your forge.", "answer": "Iron and fire, lad. Hammers sing all day."},
+    {"question": "What do you eat?", "answer": "Bread."},
+    {"question": "Do you like the sea at all, or the ships that sail on it?", "answer": "Salt rusts good iron."},
+]
+
+
+def test_shared_prefix_stops_before_the_first_predicting_position():
+    sequences = [([1, 2, 3, 4, 5], 4), ([1, 2, 3, 9], 3), ([1, 2, 3, 4, 7, 8], 5)]
+    assert shared_prefix_length(sequences) == 2  # the second sequence predicts its answer from position 2
+    assert shared_prefix_length([([5, 6], 1), ([7, 6], 1)]) == 0
+
+
+def test_batched_answer_logits_and_gradients_equal_plain_forwards(tiny, chat_tokenizer):
+    model = tiny.fresh()
+    sequences = answer_sequences(chat_tokenizer, PERSONA, EXAMPLES)
+    prefix = shared_prefix_length(sequences)
+    assert prefix > 20  # the persona prompt is shared
+
+    batched = answer_logits(model, sequences, prefix, "cpu")
+    sum(logits.float().square().mean() for logits in batched).backward()
+    batched_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    for (ids, start), logits in zip(sequences, batched):
+        plain = model(torch.tensor([ids])).logits[0, start - 1 : -1]
+        assert logits.shape == plain.shape == (len(ids) - start, model.config.vocab_size)
+        assert torch.allclose(logits, plain, atol=1e-4)
+        plain.float().square().mean().backward()
+    for batched_grad, p in zip(batched_grads, model.parameters()):
+        assert torch.allclose(batched_grad, p.grad, atol=1e-5, rtol=1e-3)
