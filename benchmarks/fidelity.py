@@ -12,7 +12,8 @@ character's held-out questions (the paper's own questions, never used in calibra
 Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.measure, the
 same code as `ppgguf eval`. Methods: random, magnitude, wanda-sp (generic calibration text),
 wanda-sp on the persona calibration data (ablation: the data without mask learning), persona
-(STE mask learning, KL to the dense model) and optionally persona-ce (STE, cross-entropy).
+(STE mask learning, KL to the dense model) and optionally persona-ce (STE, cross-entropy) and
+persona-heal (the persona mask, then `--heal` recovery finetuning of the kept weights).
 
     python benchmarks/fidelity.py                     # 5 characters, 50% FFN
     python benchmarks/fidelity.py --sparsities 0.25 0.5 --characters 3 --json out.json
@@ -36,6 +37,7 @@ from ppgguf.base import load_base
 from ppgguf.build import cached_persona_calibration
 from ppgguf.calibrate import answer_sequences, generic_sequences
 from ppgguf.export import export_gguf
+from ppgguf.heal import dense_answer_distributions, heal
 from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.llama_io import open_gguf
 from ppgguf.persona import persona_from_text
@@ -62,7 +64,7 @@ def load_character(index: int, n_questions: int) -> dict:
 
 
 def method_importance(method, model, tokenizer, persona_seqs, generic, recipe, sparsity, head_sparsity):
-    scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona"}.get(method, method)
+    scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona", "persona-heal": "persona"}.get(method, method)
     inputs = ScoringInputs(
         model=model, ffn_sparsity=sparsity, head_sparsity=head_sparsity, seed=recipe.seed,
         calibration=[ids for ids, _ in persona_seqs] if method == "wanda-sp-persona" else generic,
@@ -140,6 +142,10 @@ def main() -> None:
                                                sparsity, args.head_sparsity)
                 plan = make_plan(importance, sparsity, args.head_sparsity, True)
                 pruned = apply_plan(copy.deepcopy(base.model), plan)
+                if method == "persona-heal":
+                    teacher = dense_answer_distributions(base.model, persona_seqs, "cpu")
+                    heal(pruned, persona_seqs, teacher, recipe.heal_steps, recipe.batch_size, recipe.heal_lr,
+                         recipe.seed, "cpu")
                 path = work / "pruned.f16.gguf"
                 export_gguf(pruned, base.family, base.tokenizer_spec, path, "F16")
                 scores = measure_model(path, dense_llm, tokenizer, persona.system_prompt, sequences, spans,
