@@ -30,13 +30,13 @@ class Recipe:
     # Persona calibration (Persona-Pruner stage 1).
     candidate_questions: int = 256  # pool questions scored by divergence
     reference_personas: int = 8  # personas the divergence is measured against
-    selected_questions: int = 96  # the most persona-sensitive ones, answered by the teacher
+    selected_questions: int = 128  # the most persona-sensitive ones, answered by the teacher
     answer_tokens: int = 80
     teacher_temperature: float = 0.7
     teacher: str = ""  # a GGUF answering in voice; empty = the dense base model
     # Mask learning (Persona-Pruner stage 2).
     steps: int = 32
-    batch_size: int = 4
+    batch_size: int = 8
     lr: float = 0.05
     loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
     # Recovery finetuning of the kept weights after surgery (`--heal`).
