@@ -222,6 +222,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     if heal_log is not None:
         scorer_log["heal_loss_history"] = heal_log
     f32_path, written = export_f32(run, model, weights_key)
+    pruned_params = parameter_count(model)
     report = {
         "ppgguf_version": __version__,
         "output": str(out),
@@ -232,9 +233,9 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
         "architecture": written["architecture"],
         "parameters": {
             "dense": dense_params,
-            "pruned": parameter_count(model),
+            "pruned": pruned_params,
             "predicted_from_widths": predicted_parameters(model),
-            "kept_fraction": round(parameter_count(model) / dense_params, 4),
+            "kept_fraction": round(pruned_params / dense_params, 4),
         },
         "widths": written["widths"],
         "scoring": scorer_log,

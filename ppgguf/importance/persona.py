@@ -129,9 +129,9 @@ def score(inputs: ScoringInputs) -> Importance:
 
     torch.manual_seed(inputs.seed)
     model.requires_grad_(False)
-    optimizer = torch.optim.Adam(trainable, lr=settings.get("lr", 0.01))
+    optimizer = torch.optim.Adam(trainable, lr=settings["lr"])
     masks = _Masks(model, ffn_scores, head_scores, ffn_k, kv_k)
-    steps, batch = settings.get("steps", 48), settings.get("batch_size", 4)
+    steps, batch = settings["steps"], settings["batch_size"]
     history = []
     try:
         prefix_length = shared_prefix_length(sequences)
