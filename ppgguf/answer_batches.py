@@ -9,9 +9,15 @@ instead of once per sequence. Gradients flow through the shared prefix like thro
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Iterator
 
 import torch
+
+# cuBLAS gives run-to-run identical results only with a fixed workspace; it reads this when PyTorch
+# creates its first cuBLAS handle, so it is set before any GPU work (an explicit setting is kept).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 # (token ids of [system, user, assistant answer], index where the answer starts)
 Sequence = tuple[list[int], int]
@@ -50,6 +56,21 @@ def answer_logits(model, batch: list[Sequence], prefix_length: int, device: str)
         model.lm_head(hidden[row, start - 1 - prefix_length : len(ids) - 1 - prefix_length])
         for row, (ids, start) in enumerate(batch)
     ]
+
+
+@contextlib.contextmanager
+def deterministic_kernels():
+    """Deterministic kernels while training, so one seed gives the same masks and weights on a GPU too.
+
+    Strict: an operation without a deterministic kernel raises instead of silently varying (with
+    warn_only, PyTorch keeps the non-deterministic memory-efficient and cuDNN attention backward).
+    """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def shuffled_batches(count: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:

@@ -134,13 +134,17 @@ class _Stages:
         return result
 
 
+class StepMessage(str):
+    """A progress message from inside an iterative stage: a display may overwrite it with the next one."""
+
+
 def _step_reporter(what: str, progress: Callable[[str], None]) -> Callable[[int, int, float], None]:
     """Progress of an iterative stage, with the time left estimated from the steps so far."""
     start = time.perf_counter()
 
     def report(step: int, steps: int, loss: float) -> None:
         left = (time.perf_counter() - start) / step * (steps - step)
-        progress(f"{what}: step {step}/{steps}, loss {loss:.4f}, about {left / 60:.1f} min left")
+        progress(StepMessage(f"{what}: step {step}/{steps}, loss {loss:.4f}, about {left / 60:.1f} min left"))
 
     return report
 
@@ -173,6 +177,8 @@ class _Run:
     prune_key: dict[str, Any]  # everything that decides the pruning plan
     stages: _Stages
     progress: Callable[[str], None]
+    # Kept from mask learning (KL loss) for healing, which distils the same distributions.
+    dense_answer_logprobs: list[torch.Tensor] | None = None
 
     def persona_sequences(self) -> list[tuple[list[int], int]]:
         examples = self.stages.run(
@@ -272,6 +278,7 @@ def pruning_plan(run: _Run) -> tuple[PruningPlan, dict[str, Any]]:
     scorer = get_scorer(recipe.method)
     importance = run.stages.run("score", f"Scoring channels and heads ({recipe.method})", lambda: scorer(inputs))
     base.model.to("cpu")
+    run.dense_answer_logprobs = inputs.dense_answer_logprobs
     plan = make_plan(importance, recipe.ffn_sparsity, recipe.head_sparsity, recipe.uniform)
     atomic_write_json(plan_file, {"key": key_of(run.prune_key), "plan": plan.to_json(), "log": inputs.log})
     return plan, inputs.log
@@ -286,13 +293,16 @@ def pruned_model(run: _Run, plan: PruningPlan, weights_key: list) -> tuple[torch
     # Healing changes the weights, not the plan: its settings key only what comes after surgery.
     healed_file = run.work / f"healed-{key_of(weights_key)}.safetensors"
     if recipe.heal and not healed_file.is_file():
-        # The dense model's answer distributions are the healing target: take them before surgery.
+        # The dense model's answer distributions are the healing target: mask learning computed them
+        # already, unless its loss was cross-entropy or the plan came from the run directory.
         heal_sequences = run.persona_sequences()
-        teacher = run.stages.run(
-            "heal", "Dense answer distributions for healing",
-            lambda: dense_answer_distributions(run.base.model.to(device), heal_sequences, device),
-        )
-        run.base.model.to("cpu")
+        teacher = run.dense_answer_logprobs
+        if teacher is None:
+            teacher = run.stages.run(
+                "heal", "Dense answer distributions for healing",
+                lambda: dense_answer_distributions(run.base.model.to(device), heal_sequences, device),
+            )
+            run.base.model.to("cpu")
 
     model = run.stages.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(run.base.model, plan))
     if not recipe.heal:

@@ -57,7 +57,7 @@ def build(
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0 ..."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    heal: bool = typer.Option(False, "--heal", help="Recovery finetuning of the kept weights after pruning (slower, closer to dense)."),
+    heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Let layers keep different widths (writes the `deci` architecture)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
@@ -80,7 +80,7 @@ def build(
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
         "quant": quant, "seed": seed, "uniform": False if per_layer else None,
-        "teacher": str(teacher) if teacher else None, "heal": True if heal else None,
+        "teacher": str(teacher) if teacher else None, "heal": heal,
     }
     options = BuildOptions(character=character, out=out, recipe=recipe, overrides=overrides, device=device)
     if quiet or json_out:
@@ -96,10 +96,12 @@ def build(
 
 
 def _build_with_status(run_build, options):
-    """Each stage as a line; iterative stages ("step i/n") update one live status line instead."""
+    """Each stage as a line; steps of an iterative stage update one live status line instead."""
+    from .build import StepMessage
+
     with err_console.status("Starting") as status:
         def say(message: str) -> None:
-            if " step " in message:
+            if isinstance(message, StepMessage):
                 status.update(escape(message))
             else:
                 err_console.print(f"[dim]- {escape(message)}[/]")

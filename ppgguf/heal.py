@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .answer_batches import Sequence, answer_logits, shared_prefix_length, shuffled_batches
+from .answer_batches import Sequence, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches
 
 
 @torch.no_grad()
@@ -39,24 +39,25 @@ def heal(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history: list[float] = []
     prefix_length = shared_prefix_length(sequences)
-    try:
-        for step, indices in enumerate(shuffled_batches(len(sequences), batch_size, steps, seed)):
-            optimizer.zero_grad(set_to_none=True)
-            batch = [sequences[i] for i in indices]
-            losses = [
-                F.kl_div(F.log_softmax(logits.float(), -1), teacher[i].to(device).float(), log_target=True,
-                         reduction="batchmean")
-                for i, logits in zip(indices, answer_logits(model, batch, prefix_length, device))
-            ]
-            loss = torch.stack(losses).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            history.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(step + 1, steps, history[-1])
-    finally:
-        model.eval().to("cpu")
-        for p in params:
-            p.requires_grad_(False)
+    with deterministic_kernels():
+        try:
+            for step, indices in enumerate(shuffled_batches(len(sequences), batch_size, steps, seed)):
+                optimizer.zero_grad(set_to_none=True)
+                batch = [sequences[i] for i in indices]
+                losses = [
+                    F.kl_div(F.log_softmax(logits.float(), -1), teacher[i].to(device).float(), log_target=True,
+                             reduction="batchmean")
+                    for i, logits in zip(indices, answer_logits(model, batch, prefix_length, device))
+                ]
+                loss = torch.stack(losses).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                history.append(float(loss.detach()))
+                if on_step is not None:
+                    on_step(step + 1, steps, history[-1])
+        finally:
+            model.eval().to("cpu")
+            for p in params:
+                p.requires_grad_(False)
     return history

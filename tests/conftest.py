@@ -155,7 +155,7 @@ def tiny_recipe(method: str, quant: str = "Q8_0", **train) -> str:
     The persona method runs both of its stages with the tiny model as its own teacher (exported to
     GGUF and run through llama.cpp); `train` sets [train] keys (steps, batch_size, heal, ...).
     """
-    train = {"steps": 2, "batch_size": 1, **train}
+    train = {"steps": 2, "batch_size": 1, "heal": False, **train}
     return "\n".join([
         "[prune]", f'method = "{method}"', "ffn_sparsity = 0.5", "head_sparsity = 0.5", "seed = 0",
         "[calibration]", "candidate_questions = 8", "reference_personas = 2", "selected_questions = 4",

@@ -15,6 +15,15 @@ EXAMPLES = [
 ]
 
 
+def test_deterministic_kernels_are_switched_on_and_then_restored():
+    from ppgguf.answer_batches import deterministic_kernels
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_shared_prefix_stops_before_the_first_predicting_position():
     sequences = [([1, 2, 3, 4, 5], 4), ([1, 2, 3, 9], 3), ([1, 2, 3, 4, 7, 8], 5)]
     assert shared_prefix_length(sequences) == 2  # the second sequence predicts its answer from position 2

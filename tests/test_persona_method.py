@@ -104,13 +104,26 @@ def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
     inputs = _persona_inputs(tiny_llama, chat_tokenizer, loss="ce")
     SCORERS["persona"](inputs)
     assert len(inputs.log["loss_history"]) == 4
+    assert inputs.dense_answer_logprobs is None  # no dense teacher with cross-entropy
+
+
+def test_kl_scorer_hands_on_the_dense_distributions_healing_needs(tiny_llama, chat_tokenizer):
+    from ppgguf.heal import dense_answer_distributions
+
+    inputs = _persona_inputs(tiny_llama, chat_tokenizer)
+    SCORERS["persona"](inputs)
+    expected = dense_answer_distributions(inputs.model, inputs.persona_sequences, "cpu")
+    assert len(inputs.dense_answer_logprobs) == len(expected)
+    for got, want in zip(inputs.dense_answer_logprobs, expected):
+        assert got.dtype == torch.float16 and got.shape == want.shape
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=0)
 
 
 HEAL_RECIPE = tiny_recipe("persona", "F16", batch_size=2, heal=True, heal_steps=6, heal_lr=0.001)
 
 
 def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path, monkeypatch):
-    from ppgguf.build import BuildOptions, build
+    from ppgguf.build import BuildOptions, StepMessage, build
 
     monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     recipe = tmp_path / "heal.toml"
@@ -119,9 +132,15 @@ def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path, 
     character.write_text("Name: Grimbold\n" + PERSONA + "\n")
     options = BuildOptions(character=character, out=tmp_path / "healed.gguf", recipe=str(recipe),
                            overrides={"base": str(tiny_llama.dir)}, device="cpu")
-    healed = build(options).report
+    messages = []
+    healed = build(options, progress=messages.append).report
+    assert "Dense answer distributions for healing" not in messages  # reused from mask learning
     history = healed["scoring"]["heal_loss_history"]
     assert len(history) == 6 and history[-1] < history[0]
+    # each training step is a StepMessage (a display overwrites them); stage lines are plain strings
+    steps = [m for m in messages if isinstance(m, StepMessage)]
+    assert [m.split(":")[0] for m in steps] == ["Learning masks"] * 2 + ["Healing"] * 6
+    assert not any(isinstance(m, StepMessage) for m in messages if "step" not in m)
     assert healed["validation"]["top1"] >= 0.99  # the gate compares against the healed weights
     # a rerun reuses the healed weights and writes the same file
     again = build(BuildOptions(character=character, out=tmp_path / "again.gguf", recipe=str(recipe),

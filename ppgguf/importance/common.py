@@ -21,6 +21,9 @@ class ScoringInputs:
     settings: dict[str, Any] = field(default_factory=dict)  # scorer-specific knobs from the recipe
     on_step: Callable[[int, int, float], None] | None = None  # progress of iterative scorers
     log: dict[str, Any] = field(default_factory=dict)  # what a scorer wants in the build report
+    # The dense model's log-probabilities at the answer positions of persona_sequences (fp16). The
+    # persona scorer fills this in with its KL loss, so healing can reuse it instead of a second pass.
+    dense_answer_logprobs: list[torch.Tensor] | None = None
 
 
 def decoder_layers(model: torch.nn.Module):

@@ -22,7 +22,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..answer_batches import answer_logits, shared_prefix_length, shuffled_batches
+from ..answer_batches import answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches
 from ..plan import Importance, kept_ffn_width, kept_kv_groups
 from . import wanda_sp
 from .common import ScoringInputs, decoder_layers, group_shape
@@ -120,6 +120,8 @@ def score(inputs: ScoringInputs) -> Importance:
 
     with torch.no_grad(), _autocast(inputs.device):
         norms = wanda_sp.input_norms(model, [ids for ids, _ in sequences], inputs.device, keep_teacher)
+    if loss_kind == "kl":
+        inputs.dense_answer_logprobs = teacher
     start = wanda_sp.from_norms(model, *norms)
     ffn_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.ffn]
     head_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.heads]
@@ -133,20 +135,21 @@ def score(inputs: ScoringInputs) -> Importance:
     masks = _Masks(model, ffn_scores, head_scores, ffn_k, kv_k)
     steps, batch = settings["steps"], settings["batch_size"]
     history = []
-    try:
-        prefix_length = shared_prefix_length(sequences)
-        for step, indices in enumerate(shuffled_batches(len(sequences), batch, steps, inputs.seed)):
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(inputs.device):
-                loss = _batch_loss(model, [sequences[i] for i in indices], prefix_length,
-                                   [teacher[i] for i in indices], inputs.device)
-            loss.backward()
-            total = float(loss.detach())
-            optimizer.step()
-            history.append(total)
-            if inputs.on_step is not None:
-                inputs.on_step(step + 1, steps, total)
-    finally:
-        masks.remove()
+    with deterministic_kernels():
+        try:
+            prefix_length = shared_prefix_length(sequences)
+            for step, indices in enumerate(shuffled_batches(len(sequences), batch, steps, inputs.seed)):
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(inputs.device):
+                    loss = _batch_loss(model, [sequences[i] for i in indices], prefix_length,
+                                       [teacher[i] for i in indices], inputs.device)
+                loss.backward()
+                total = float(loss.detach())
+                optimizer.step()
+                history.append(total)
+                if inputs.on_step is not None:
+                    inputs.on_step(step + 1, steps, total)
+        finally:
+            masks.remove()
     inputs.log["loss_history"] = history
     return Importance(ffn=[s.detach().cpu() for s in ffn_scores], heads=[s.detach().cpu() for s in head_scores])
