@@ -12,12 +12,17 @@ character's held-out questions (the paper's own questions, never used in calibra
 Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.measure, the
 same code as `ppgguf eval`. Methods: random, magnitude, wanda-sp (generic calibration text),
 wanda-sp on the persona calibration data (ablation: the data without mask learning), persona
-(STE mask learning, KL to the dense model) and optionally persona-ce (STE, cross-entropy) and
-persona-heal (the persona mask, then `--heal` recovery finetuning of the kept weights).
+(STE mask learning, KL to the dense model: what `ppgguf build` does) and optionally persona-ce
+(STE, cross-entropy) and persona-mask (the persona mask without healing).
+
+When the recipe heals (the default recipe does), persona, persona-ce and wanda-sp-persona are all
+healed on the persona calibration data, so the ablation differs from persona in the mask alone;
+the generic baselines are not (they have no persona data).
 
     python benchmarks/fidelity.py                     # 5 characters, 50% FFN
     python benchmarks/fidelity.py --sparsities 0.25 0.5 --characters 3 --json out.json
     python benchmarks/fidelity.py --first 1 --characters 1 --methods wanda-sp persona
+    python benchmarks/fidelity.py --set heal=false     # the masks alone
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ EVAL_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "
 ROLEBENCH_NAMES = ["Jack Torrance", "Violet Weston", "Twilight Sparkle", "Blair Waldorf", "James Brown",
                    "Jeff Spicoli", "Jim Morrison", "Gaston", "Alvy Singer", "James Bond"]
 BASELINES = ["random", "magnitude", "wanda-sp"]
+HEALED_WHEN_THE_RECIPE_HEALS = {"persona", "persona-ce", "wanda-sp-persona"}
 
 
 def load_character(index: int, n_questions: int) -> dict:
@@ -64,7 +70,7 @@ def load_character(index: int, n_questions: int) -> dict:
 
 
 def method_importance(method, model, tokenizer, persona_seqs, generic, recipe, sparsity, head_sparsity):
-    scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona", "persona-heal": "persona"}.get(method, method)
+    scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona", "persona-mask": "persona"}.get(method, method)
     inputs = ScoringInputs(
         model=model, ffn_sparsity=sparsity, head_sparsity=head_sparsity, seed=recipe.seed,
         calibration=[ids for ids, _ in persona_seqs] if method == "wanda-sp-persona" else generic,
@@ -72,7 +78,7 @@ def method_importance(method, model, tokenizer, persona_seqs, generic, recipe, s
         settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
                   "loss": "ce" if method == "persona-ce" else recipe.loss},
     )
-    return SCORERS[scorer](inputs)
+    return SCORERS[scorer](inputs), inputs.dense_answer_logprobs
 
 
 def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, spans, prompts, embed, desc, others, gk):
@@ -138,12 +144,13 @@ def main() -> None:
         for sparsity in args.sparsities:
             for method in args.methods:
                 t0 = time.perf_counter()
-                importance = method_importance(method, base.model, tokenizer, persona_seqs, generic, recipe,
-                                               sparsity, args.head_sparsity)
+                importance, teacher = method_importance(method, base.model, tokenizer, persona_seqs, generic,
+                                                        recipe, sparsity, args.head_sparsity)
                 plan = make_plan(importance, sparsity, args.head_sparsity, True)
                 pruned = apply_plan(copy.deepcopy(base.model), plan)
-                if method == "persona-heal":
-                    teacher = dense_answer_distributions(base.model, persona_seqs, "cpu")
+                if recipe.heal and method in HEALED_WHEN_THE_RECIPE_HEALS:
+                    if teacher is None:
+                        teacher = dense_answer_distributions(base.model, persona_seqs, "cpu")
                     heal(pruned, persona_seqs, teacher, recipe.heal_steps, recipe.batch_size, recipe.heal_lr,
                          recipe.seed, "cpu")
                 path = work / "pruned.f16.gguf"

@@ -41,7 +41,7 @@ class Recipe:
     loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
     # Recovery finetuning of the kept weights after surgery (`--heal`).
     heal: bool = True
-    heal_steps: int = 32
+    heal_steps: int = 16
     heal_lr: float = 5e-5
     # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
     validation_prompts: int = 4
