@@ -42,7 +42,7 @@ from ppgguf.base import load_base
 from ppgguf.build import cached_persona_calibration
 from ppgguf.calibrate import answer_sequences, generic_sequences
 from ppgguf.export import export_gguf
-from ppgguf.heal import dense_answer_distributions, heal
+from ppgguf.heal import answer_distributions, heal
 from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.llama_io import open_gguf
 from ppgguf.persona import persona_from_text
@@ -67,6 +67,13 @@ def load_character(index: int, n_questions: int) -> dict:
         "description": general["persona_description"],
         "questions": specific["questions"][:half] + general["questions"][: n_questions - half],
     }
+
+
+def held_out_answers(dense_llm, tokenizer, system_prompt: str, questions: list[str]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, the dense model's greedy answer ids) per held-out question, the persona prompt in context."""
+    prompts = [tokenizer.chat_ids([{"role": "system", "content": system_prompt}, {"role": "user", "content": q}], True)
+               for q in questions]
+    return [(p, measure.greedy_answer(dense_llm, p, 64)) for p in prompts]
 
 
 def method_importance(method, model, tokenizer, persona_seqs, generic, recipe, sparsity, head_sparsity):
@@ -133,11 +140,10 @@ def main() -> None:
         dense_path = work / "dense.f16.gguf"
         export_gguf(base.model, base.family, base.tokenizer_spec, dense_path, "F16")
         dense_llm = open_gguf(dense_path, n_ctx=2048, logits_all=True)
-        prompts = [tokenizer.chat_ids([{"role": "system", "content": persona.system_prompt},
-                                       {"role": "user", "content": q}], True) for q in character["questions"]]
-        dense_answers = [measure.greedy_answer(dense_llm, p, 64) for p in prompts]
-        sequences = [p + a for p, a in zip(prompts, dense_answers)]
-        spans = [(len(p), len(p) + len(a)) for p, a in zip(prompts, dense_answers)]
+        held_out = held_out_answers(dense_llm, tokenizer, persona.system_prompt, character["questions"])
+        prompts = [p for p, _ in held_out]
+        sequences = [p + a for p, a in held_out]
+        spans = [(len(p), len(p) + len(a)) for p, a in held_out]
         row = {"character": character["name"], "dense": measure_model(
             dense_path, dense_llm, tokenizer, persona.system_prompt, sequences, spans, prompts, embed,
             character["description"], others, gk)}
@@ -150,7 +156,7 @@ def main() -> None:
                 pruned = apply_plan(copy.deepcopy(base.model), plan)
                 if recipe.heal and method in HEALED_WHEN_THE_RECIPE_HEALS:
                     if teacher is None:
-                        teacher = dense_answer_distributions(base.model, persona_seqs, "cpu")
+                        teacher = answer_distributions(base.model, persona_seqs, "cpu")
                     heal(pruned, persona_seqs, teacher, recipe.heal_steps, recipe.batch_size, recipe.heal_lr,
                          recipe.seed, "cpu")
                 path = work / "pruned.f16.gguf"

@@ -28,17 +28,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ppgguf.answer_batches import answer_logits, shared_prefix_length
+from ppgguf.answer_batches import shared_prefix_length
 from ppgguf.base import load_base
-from ppgguf.heal import dense_answer_distributions, heal
+from ppgguf.heal import answer_distributions, heal
 from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.importance import persona as persona_scorer
 from ppgguf.plan import make_plan
 from ppgguf.surgery import apply_plan
 
-# name -> changes from the default recipe (32 mask steps of 8 at lr 0.05, 128 questions, no heal).
+# name -> changes from `default`: 32 mask steps of 8 at lr 0.05, 128 questions, no heal (healing at
+# lr 5e-5 unless heal_lr says otherwise). The default recipe is now `steps24-heal24-lr2e-4`.
 SETTINGS = {
     "wanda-sp": {"method": "wanda-sp"},
     "default": {},
@@ -54,15 +54,23 @@ SETTINGS = {
     "lr0.1": {"lr": 0.1},
     "q192-heal16": {"questions": 192, "heal": 16},
     "heal32-lr1e-4": {"heal": 32, "heal_lr": 1e-4},
+    # The same CPU time as the default (16 heal steps), or the same total steps split differently:
+    "heal16-lr1e-4": {"heal": 16, "heal_lr": 1e-4},
+    "heal16-lr2e-4": {"heal": 16, "heal_lr": 2e-4},
+    "heal16-lr4e-4": {"heal": 16, "heal_lr": 4e-4},
+    "lr0.1-heal16": {"lr": 0.1, "heal": 16},
+    "steps24-heal24": {"steps": 24, "heal": 24},
+    "steps24-heal24-lr2e-4": {"steps": 24, "heal": 24, "heal_lr": 2e-4},
+    "steps24-heal24-lr1e-4": {"steps": 24, "heal": 24, "heal_lr": 1e-4},
+    "steps16-heal32-lr1e-4": {"steps": 16, "heal": 32, "heal_lr": 1e-4},
 }
 SPARSITY = 0.5
 
 
 def write_data(path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from fidelity import load_character
+    from fidelity import held_out_answers, load_character
 
-    from ppgguf import measure
     from ppgguf.build import cached_persona_calibration
     from ppgguf.calibrate import answer_sequences, generic_sequences
     from ppgguf.export import export_gguf
@@ -86,21 +94,15 @@ def write_data(path: Path) -> None:
             examples = cached_persona_calibration(base, tokenizer, persona,
                                                   with_overrides(recipe, {"selected_questions": count}), work, print)
             row[f"train{count}"] = answer_sequences(tokenizer, persona.system_prompt, examples)
-        prompts = [tokenizer.chat_ids([{"role": "system", "content": persona.system_prompt},
-                                       {"role": "user", "content": q}], True) for q in character["questions"]]
-        row["held_out"] = [(p + measure.greedy_answer(dense, p, 64), len(p)) for p in prompts]
+        answers = held_out_answers(dense, tokenizer, persona.system_prompt, character["questions"])
+        row["held_out"] = [(p + a, len(p)) for p, a in answers]
         data["characters"].append(row)
     path.write_text(json.dumps(data))
 
 
-@torch.no_grad()
-def answer_logprobs(model, sequences, device):
-    logits = answer_logits(model, sequences, shared_prefix_length(sequences), device)
-    return [F.log_softmax(x.float(), -1) for x in logits]
-
-
 def held_out_kl(dense, model, sequences, device) -> float:
-    per_token = [(d.exp() * (d - q)).sum(-1) for d, q in zip(dense, answer_logprobs(model, sequences, device))]
+    pruned = answer_distributions(model, sequences, device, dtype=torch.float32)
+    per_token = [(d.exp() * (d - q)).sum(-1) for d, q in zip(dense, pruned)]
     return torch.cat(per_token).mean().item()
 
 
@@ -114,7 +116,7 @@ def run(data_path: Path, base_path: str, only: list[str] | None, budget: float) 
             c[key] = [(list(ids), int(start)) for ids, start in c[key]]
     model = load_base(base_path, Path(tempfile.mkdtemp())).model.to(device)
     for c in characters:
-        c["dense"] = answer_logprobs(model, c["held_out"], device)
+        c["dense"] = answer_distributions(model, c["held_out"], device, dtype=torch.float32)
     bf16_autocast = persona_scorer._autocast
     masks, teachers, results = {}, {}, {}
 
@@ -151,7 +153,7 @@ def run(data_path: Path, base_path: str, only: list[str] | None, budget: float) 
                 t = time.time()
                 questions = setting.get("questions", 128)
                 if (c["name"], questions) not in teachers:
-                    teachers[c["name"], questions] = dense_answer_distributions(model, c[f"train{questions}"], device)
+                    teachers[c["name"], questions] = answer_distributions(model, c[f"train{questions}"], device)
                 heal(pruned, c[f"train{questions}"], teachers[c["name"], questions], setting["heal"], 8,
                      setting.get("heal_lr", 5e-5), 0, device)
                 pruned.to(device)

@@ -40,7 +40,7 @@ from .calibrate import answer_sequences, generic_sequences, persona_calibration,
 from .errors import UserError
 from .export import choose_arch, export_gguf
 from .figure import write_build_figure
-from .heal import dense_answer_distributions, heal
+from .heal import answer_distributions, heal
 from .importance import DATA_NEEDED, ScoringInputs, get_scorer
 from .persona import Persona, load_persona
 from .plan import PruningPlan, check_sparsity, make_plan
@@ -300,7 +300,7 @@ def pruned_model(run: _Run, plan: PruningPlan, weights_key: list) -> tuple[torch
         if teacher is None:
             teacher = run.stages.run(
                 "heal", "Dense answer distributions for healing",
-                lambda: dense_answer_distributions(run.base.model.to(device), heal_sequences, device),
+                lambda: answer_distributions(run.base.model.to(device), heal_sequences, device),
             )
             run.base.model.to("cpu")
 

@@ -15,14 +15,20 @@ from .answer_batches import Sequence, answer_logits, deterministic_kernels, shar
 
 
 @torch.no_grad()
-def dense_answer_distributions(model, sequences: list[Sequence], device: str, batch_size: int = 8) -> list[torch.Tensor]:
-    """Log-probabilities of the dense model at the positions that predict each answer (fp16, CPU)."""
+def answer_distributions(
+    model, sequences: list[Sequence], device: str, batch_size: int = 8, dtype: torch.dtype = torch.float16
+) -> list[torch.Tensor]:
+    """Log-probabilities of `model` at the positions that predict each answer, on the CPU.
+
+    Of the dense model, they are healing's targets, kept in fp16 (one vocabulary row per answer
+    token adds up); benchmarks ask for fp32 to measure KL.
+    """
     prefix_length = shared_prefix_length(sequences)
     out = []
     for first in range(0, len(sequences), batch_size):
         batch = sequences[first : first + batch_size]
         for logits in answer_logits(model, batch, prefix_length, device):
-            out.append(F.log_softmax(logits.float(), -1).to(torch.float16).cpu())
+            out.append(F.log_softmax(logits.float(), -1).to(dtype).cpu())
     return out
 
 

@@ -35,14 +35,14 @@ class Recipe:
     teacher_temperature: float = 0.7
     teacher: str = ""  # a GGUF answering in voice; empty = the dense base model
     # Mask learning (Persona-Pruner stage 2).
-    steps: int = 32
+    steps: int = 24
     batch_size: int = 8
     lr: float = 0.05
     loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
     # Recovery finetuning of the kept weights after surgery (`--heal`).
     heal: bool = True
-    heal_steps: int = 16
-    heal_lr: float = 5e-5
+    heal_steps: int = 24
+    heal_lr: float = 2e-4
     # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
     validation_prompts: int = 4
 

@@ -108,11 +108,11 @@ def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
 
 
 def test_kl_scorer_hands_on_the_dense_distributions_healing_needs(tiny_llama, chat_tokenizer):
-    from ppgguf.heal import dense_answer_distributions
+    from ppgguf.heal import answer_distributions
 
     inputs = _persona_inputs(tiny_llama, chat_tokenizer)
     SCORERS["persona"](inputs)
-    expected = dense_answer_distributions(inputs.model, inputs.persona_sequences, "cpu")
+    expected = answer_distributions(inputs.model, inputs.persona_sequences, "cpu")
     assert len(inputs.dense_answer_logprobs) == len(expected)
     for got, want in zip(inputs.dense_answer_logprobs, expected):
         assert got.dtype == torch.float16 and got.shape == want.shape
