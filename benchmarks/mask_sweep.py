@@ -54,7 +54,7 @@ SETTINGS = {
     "lr0.1": {"lr": 0.1},
     "q192-heal16": {"questions": 192, "heal": 16},
     "heal32-lr1e-4": {"heal": 32, "heal_lr": 1e-4},
-    # The same CPU time as the default (16 heal steps), or the same total steps split differently:
+    # The CPU time of heal16, or of 32 mask steps + 16 heal steps split differently:
     "heal16-lr1e-4": {"heal": 16, "heal_lr": 1e-4},
     "heal16-lr2e-4": {"heal": 16, "heal_lr": 2e-4},
     "heal16-lr4e-4": {"heal": 16, "heal_lr": 4e-4},

@@ -20,8 +20,8 @@ def answer_distributions(
 ) -> list[torch.Tensor]:
     """Log-probabilities of `model` at the positions that predict each answer, on the CPU.
 
-    Of the dense model, they are healing's targets, kept in fp16 (one vocabulary row per answer
-    token adds up); benchmarks ask for fp32 to measure KL.
+    Healing keeps the dense model's as its targets, in fp16 (one vocabulary row per answer token
+    adds up); benchmarks ask for fp32 to measure KL.
     """
     prefix_length = shared_prefix_length(sequences)
     out = []
