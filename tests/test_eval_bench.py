@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import zlib
 
 import gguf
 import numpy as np
@@ -61,11 +62,14 @@ def files(tmp_path_factory, spec) -> dict[str, Path]:
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:
-    """Bag of hashed words, L2-normalized: similar texts share words."""
-    out = np.zeros((len(texts), 256))
+    """Bag of hashed words, L2-normalized: similar texts share words.
+
+    crc32, not hash(): Python salts str hashes per process, so colliding buckets changed run to run.
+    """
+    out = np.zeros((len(texts), 4096))
     for i, text in enumerate(texts):
         for word in text.lower().split():
-            out[i, hash(word.strip(".,!?")) % 256] += 1.0
+            out[i, zlib.crc32(word.strip(".,!?").encode()) % 4096] += 1.0
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
