@@ -42,7 +42,8 @@ from ppgguf.base import load_base
 from ppgguf.build import cached_persona_calibration
 from ppgguf.calibrate import answer_sequences, generic_sequences
 from ppgguf.export import export_gguf
-from ppgguf.heal import answer_distributions, heal
+from ppgguf.answer_batches import answer_distributions
+from ppgguf.heal import heal
 from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.llama_io import open_gguf
 from ppgguf.persona import persona_from_text

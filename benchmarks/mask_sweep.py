@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ppgguf.answer_batches import shared_prefix_length
+from ppgguf.answer_batches import answer_distributions, shared_prefix_length
 from ppgguf.base import load_base
-from ppgguf.heal import answer_distributions, heal
+from ppgguf.heal import heal
 from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.importance import persona as persona_scorer
 from ppgguf.plan import make_plan

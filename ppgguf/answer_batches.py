@@ -3,8 +3,8 @@
 Every persona calibration sequence is [system: persona prompt, user: question, assistant: answer],
 and the persona prompt (about 200 tokens for a RoleBench description) is both identical in all of
 them and longer than the rest. A batch runs that prefix once, repeats its KV cache across the batch
-and runs only the differing tails, so mask learning and healing pay for the prompt once per step
-instead of once per sequence. Gradients flow through the shared prefix like through the tails.
+and runs only the differing tails, so the dense pass, mask learning and healing pay for the prompt
+once per batch instead of once per sequence. Gradients flow through the shared prefix like through the tails.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 # cuBLAS gives run-to-run identical results only with a fixed workspace; it reads this when PyTorch
 # creates its first cuBLAS handle, so it is set before any GPU work (an explicit setting is kept).
@@ -34,28 +35,58 @@ def shared_prefix_length(sequences: list[Sequence]) -> int:
     return max(n, 0)
 
 
-def answer_logits(model, batch: list[Sequence], prefix_length: int, device: str) -> list[torch.Tensor]:
+def answer_logits(model, batch: list[Sequence], prefix_length: int, device: str, before_pass=None) -> list[torch.Tensor]:
     """For each sequence, the logits at the positions that predict its answer tokens.
 
     `prefix_length` tokens at the start are shared by every sequence of the batch (see
     shared_prefix_length). The tails are right-padded: under causal attention a real token never
     sees the padding after it, so no attention mask is needed. Only the answer positions go through
     the output matrix.
+
+    `before_pass(weights)`, if given, is called before each forward pass with how many sequences
+    each of its positions stands for ([batch, tokens]): the batch size for the shared prefix, 1 for
+    a tail token, 0 for padding. Activation statistics (wanda-sp) count tokens with it.
     """
     cache = None
     if prefix_length:
         prefix = torch.tensor([batch[0][0][:prefix_length]], device=device)
+        if before_pass is not None:
+            before_pass(torch.full((1, prefix_length), float(len(batch)), device=device))
         cache = model.model(prefix, use_cache=True).cache
         cache.batch_repeat_interleave(len(batch))
     tails = [ids[prefix_length:] for ids, _ in batch]
     padded = torch.zeros(len(batch), max(map(len, tails)), dtype=torch.long)
+    real = torch.zeros(padded.shape)
     for row, tail in enumerate(tails):
         padded[row, : len(tail)] = torch.tensor(tail)
+        real[row, : len(tail)] = 1.0
+    if before_pass is not None:
+        before_pass(real.to(device))
     hidden = model.model(padded.to(device), cache=cache, use_cache=cache is not None).last_hidden_state
     return [
         model.lm_head(hidden[row, start - 1 - prefix_length : len(ids) - 1 - prefix_length])
         for row, (ids, start) in enumerate(batch)
     ]
+
+
+@torch.no_grad()
+def answer_distributions(
+    model, sequences: list[Sequence], device: str, batch_size: int = 8, dtype: torch.dtype = torch.float16,
+    before_pass=None,
+) -> list[torch.Tensor]:
+    """Log-probabilities of `model` at the positions that predict each answer, on the CPU.
+
+    The dense model's are the KL target of mask learning and healing, kept in fp16 (one vocabulary
+    row per answer token adds up); benchmarks ask for fp32 to measure KL. `before_pass` as in
+    answer_logits.
+    """
+    prefix_length = shared_prefix_length(sequences)
+    out = []
+    for first in range(0, len(sequences), batch_size):
+        batch = sequences[first : first + batch_size]
+        for logits in answer_logits(model, batch, prefix_length, device, before_pass):
+            out.append(F.log_softmax(logits.float(), -1).to(dtype).cpu())
+    return out
 
 
 @contextlib.contextmanager

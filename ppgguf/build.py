@@ -34,13 +34,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .answer_batches import answer_distributions
 from .bake import bake_chat_template, sampling_metadata, write_companions
 from .base import load_base, sha256_of
 from .calibrate import answer_sequences, generic_sequences, persona_calibration, validation_sequences
 from .errors import UserError
 from .export import choose_arch, export_gguf
 from .figure import write_build_figure
-from .heal import answer_distributions, heal
+from .heal import heal
 from .importance import DATA_NEEDED, ScoringInputs, get_scorer
 from .persona import Persona, load_persona
 from .plan import PruningPlan, check_sparsity, make_plan

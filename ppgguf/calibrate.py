@@ -99,7 +99,7 @@ def last_token_states(
     """Unit-normalised last-token hidden states [question, layer, hidden] of [system, user q, assistant prompt].
 
     The system prompt is computed once and its KV cache reused for every question, so the cost is
-    the question tokens, not the (long) persona prompt.
+    the question tokens, not the (long) persona prompt. The output matrix is never applied.
     """
     device = next(model.parameters()).device
     sequences = [
@@ -108,7 +108,7 @@ def last_token_states(
     ]
     prefix = _common_prefix(sequences)
     prefix = prefix[: len(prefix) - 1] if len(prefix) == min(map(len, sequences)) else prefix
-    prefix_out = model(torch.tensor([prefix], device=device), use_cache=True)
+    prefix_out = model.model(torch.tensor([prefix], device=device), use_cache=True)
     states = []
     for start in range(0, len(sequences), batch_size):
         batch = [s[len(prefix):] for s in sequences[start : start + batch_size]]
@@ -121,7 +121,7 @@ def last_token_states(
             mask[row, len(prefix) : len(prefix) + len(tail)] = 1
         cache = copy.deepcopy(prefix_out.cache)
         cache.batch_repeat_interleave(len(batch))
-        out = model(ids, attention_mask=mask, cache=cache, use_cache=True, output_hidden_states=True)
+        out = model.model(ids, attention_mask=mask, cache=cache, use_cache=True, output_hidden_states=True)
         last = torch.tensor([len(t) - 1 for t in batch], device=device)
         rows = torch.arange(len(batch), device=device)
         per_layer = [out.hidden_states[layer][rows, last] for layer in layers]

@@ -14,24 +14,6 @@ import torch.nn.functional as F
 from .answer_batches import Sequence, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches
 
 
-@torch.no_grad()
-def answer_distributions(
-    model, sequences: list[Sequence], device: str, batch_size: int = 8, dtype: torch.dtype = torch.float16
-) -> list[torch.Tensor]:
-    """Log-probabilities of `model` at the positions that predict each answer, on the CPU.
-
-    Healing keeps the dense model's as its targets, in fp16 (one vocabulary row per answer token
-    adds up); benchmarks ask for fp32 to measure KL.
-    """
-    prefix_length = shared_prefix_length(sequences)
-    out = []
-    for first in range(0, len(sequences), batch_size):
-        batch = sequences[first : first + batch_size]
-        for logits in answer_logits(model, batch, prefix_length, device):
-            out.append(F.log_softmax(logits.float(), -1).to(dtype).cpu())
-    return out
-
-
 def heal(
     model, sequences: list[Sequence], teacher: list[torch.Tensor], steps: int, batch_size: int,
     lr: float, seed: int, device: str, on_step=None,

@@ -48,3 +48,17 @@ def test_batched_answer_logits_and_gradients_equal_plain_forwards(tiny, chat_tok
         plain.float().square().mean().backward()
     for batched_grad, p in zip(batched_grads, model.parameters()):
         assert torch.allclose(batched_grad, p.grad, atol=1e-5, rtol=1e-3)
+
+
+def test_wanda_norms_counted_through_batches_equal_one_pass_per_whole_sequence(tiny, chat_tokenizer):
+    from ppgguf.answer_batches import answer_distributions
+    from ppgguf.importance import wanda_sp
+
+    model = tiny.fresh()
+    sequences = answer_sequences(chat_tokenizer, PERSONA, EXAMPLES)
+    plain = wanda_sp.input_norms(model, [ids for ids, _ in sequences], "cpu")
+    # batches of 2 and 1: the shared prefix counts once per sequence, the padding of the shorter tail not at all
+    with wanda_sp.InputNorms(model) as batched:
+        answer_distributions(model, sequences, "cpu", batch_size=2, before_pass=batched.set_weights)
+    for got, want in zip(batched.down_sq + batched.o_sq, plain.down_sq + plain.o_sq):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

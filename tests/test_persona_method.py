@@ -108,7 +108,7 @@ def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
 
 
 def test_kl_scorer_hands_on_the_dense_distributions_healing_needs(tiny_llama, chat_tokenizer):
-    from ppgguf.heal import answer_distributions
+    from ppgguf.answer_batches import answer_distributions
 
     inputs = _persona_inputs(tiny_llama, chat_tokenizer)
     SCORERS["persona"](inputs)

@@ -22,7 +22,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..answer_batches import answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches
+from ..answer_batches import (
+    answer_distributions, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches,
+)
 from ..plan import Importance, kept_ffn_width, kept_kv_groups
 from . import wanda_sp
 from .common import ScoringInputs, decoder_layers, group_shape
@@ -107,22 +109,19 @@ def score(inputs: ScoringInputs) -> Importance:
     ffn_k = kept_ffn_width(model.config.intermediate_size, inputs.ffn_sparsity)
     kv_k = kept_kv_groups(n_groups, inputs.head_sparsity)
 
-    # One dense pass gives both the wanda-sp starting point and the teacher distributions for KL.
+    # One dense pass, batched around the shared persona prompt, gives both the wanda-sp starting
+    # point and the teacher distributions for KL (with cross-entropy they are dropped).
     sequences = inputs.persona_sequences
-    loss_kind = settings.get("loss", "kl")
-    teacher: list[torch.Tensor | None] = [None] * len(sequences)
-
-    def keep_teacher(i, hidden):
-        if loss_kind == "kl":
-            answer_start = sequences[i][1]
-            logits = model.lm_head(hidden[answer_start - 1 : -1]).float()
-            teacher[i] = F.log_softmax(logits, -1).to(torch.float16)
-
-    with torch.no_grad(), _autocast(inputs.device):
-        norms = wanda_sp.input_norms(model, [ids for ids, _ in sequences], inputs.device, keep_teacher)
-    if loss_kind == "kl":
-        inputs.dense_answer_logprobs = teacher
-    start = wanda_sp.from_norms(model, *norms)
+    norms = wanda_sp.InputNorms(model)
+    with torch.no_grad(), _autocast(inputs.device), norms:
+        dense = answer_distributions(model, sequences, inputs.device, settings["batch_size"],
+                                     before_pass=norms.set_weights)
+    teacher: list[torch.Tensor | None]
+    if settings.get("loss", "kl") == "kl":
+        inputs.dense_answer_logprobs = teacher = dense
+    else:
+        teacher, dense = [None] * len(sequences), []  # cross-entropy needs no teacher
+    start = wanda_sp.from_norms(model, norms)
     ffn_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.ffn]
     head_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.heads]
     trainable = ffn_scores + (head_scores if kv_k < n_groups else [])

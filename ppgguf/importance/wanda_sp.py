@@ -14,51 +14,68 @@ from ..plan import Importance
 from .common import ScoringInputs, decoder_layers, group_shape
 
 
-@torch.no_grad()
-def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: str, on_hidden=None) -> tuple[list, list]:
-    """Per layer: squared L2 norm over all calibration tokens of each input channel of down_proj and o_proj.
+class InputNorms:
+    """Per layer: squared L2 norm over the calibration tokens of each input channel of down_proj and o_proj.
 
-    `on_hidden(i, hidden)`, if given, receives each sequence's final hidden states (the persona
-    scorer takes its dense teacher distributions from this same pass). The output matrix is never
-    applied here: the norms do not need it.
+    Hooks count every token a forward pass sees while this is active (a `with` block); a caller
+    that shares or pads positions sets `weights` ([batch, tokens], how many sequences each position
+    stands for) before each pass, as answer_batches.answer_logits does through `before_pass`. The
+    output matrices are never applied here: the norms do not need them.
     """
-    layers = decoder_layers(model)
-    down_sq = [None] * len(layers)
-    o_sq = [None] * len(layers)
 
-    def accumulate(store, i):
+    def __init__(self, model: torch.nn.Module):
+        self.layers = decoder_layers(model)
+        self.down_sq: list = [None] * len(self.layers)
+        self.o_sq: list = [None] * len(self.layers)
+        self.weights: torch.Tensor | None = None
+        self._handles = []
+
+    def set_weights(self, weights: torch.Tensor) -> None:
+        self.weights = weights
+
+    def _accumulate(self, store: list, i: int):
         def hook(_module, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sq = (x * x).sum(0)
+            x = args[0].detach().float()
+            if self.weights is None:
+                x = x.reshape(-1, x.shape[-1])
+                sq = (x * x).sum(0)
+            else:
+                sq = torch.einsum("btc,bt->c", x * x, self.weights.to(x.device))
             store[i] = sq if store[i] is None else store[i] + sq
         return hook
 
-    handles = []
-    for i, layer in enumerate(layers):
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(accumulate(down_sq, i)))
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(accumulate(o_sq, i)))
-    try:
-        for i, ids in enumerate(calibration):
-            hidden = model.model(torch.tensor([ids], device=device)).last_hidden_state
-            if on_hidden is not None:
-                on_hidden(i, hidden[0])
-    finally:
-        for handle in handles:
+    def __enter__(self) -> "InputNorms":
+        for i, layer in enumerate(self.layers):
+            self._handles.append(layer.mlp.down_proj.register_forward_pre_hook(self._accumulate(self.down_sq, i)))
+            self._handles.append(layer.self_attn.o_proj.register_forward_pre_hook(self._accumulate(self.o_sq, i)))
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for handle in self._handles:
             handle.remove()
-    return down_sq, o_sq
+        self._handles = []
+
+
+@torch.no_grad()
+def input_norms(model: torch.nn.Module, calibration: list[list[int]], device: str) -> InputNorms:
+    """InputNorms over whole token sequences, one forward pass each."""
+    with InputNorms(model) as norms:
+        for ids in calibration:
+            model.model(torch.tensor([ids], device=device))
+    return norms
 
 
 @torch.no_grad()
 def score(inputs: ScoringInputs) -> Importance:
     if not inputs.calibration:
         raise ValueError("wanda-sp needs calibration text")
-    return from_norms(inputs.model, *input_norms(inputs.model, inputs.calibration, inputs.device))
+    return from_norms(inputs.model, input_norms(inputs.model, inputs.calibration, inputs.device))
 
 
-def from_norms(model: torch.nn.Module, down_sq: list, o_sq: list) -> Importance:
+def from_norms(model: torch.nn.Module, norms: InputNorms) -> Importance:
     n_groups, _, _ = group_shape(model)
     ffn, heads = [], []
-    for layer, d_sq, a_sq in zip(decoder_layers(model), down_sq, o_sq):
+    for layer, d_sq, a_sq in zip(decoder_layers(model), norms.down_sq, norms.o_sq):
         ffn.append((layer.mlp.down_proj.weight.abs().float() * d_sq.sqrt()).sum(0).cpu())
         per_column = (layer.self_attn.o_proj.weight.abs().float() * a_sq.sqrt()).sum(0)
         heads.append(per_column.reshape(n_groups, -1).sum(1).cpu())
