@@ -4,7 +4,8 @@ Every persona calibration sequence is [system: persona prompt, user: question, a
 and the persona prompt (about 200 tokens for a RoleBench description) is both identical in all of
 them and longer than the rest. A batch runs that prefix once, repeats its KV cache across the batch
 and runs only the differing tails, so the dense pass, mask learning and healing pay for the prompt
-once per batch instead of once per sequence. Gradients flow through the shared prefix like through the tails.
+once per batch instead of once per sequence. Gradients flow through the shared prefix like through
+the tails.
 """
 
 from __future__ import annotations

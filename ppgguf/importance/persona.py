@@ -118,9 +118,10 @@ def score(inputs: ScoringInputs) -> Importance:
                                      before_pass=norms.set_weights)
     teacher: list[torch.Tensor | None]
     if settings.get("loss", "kl") == "kl":
-        inputs.dense_answer_logprobs = teacher = dense
+        teacher = inputs.dense_answer_logprobs = dense
     else:
-        teacher, dense = [None] * len(sequences), []  # cross-entropy needs no teacher
+        teacher = [None] * len(sequences)  # cross-entropy needs no teacher
+        del dense  # about 1 GB for the default model
     start = wanda_sp.from_norms(model, norms)
     ffn_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.ffn]
     head_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.heads]
