@@ -133,7 +133,7 @@ def main() -> None:
         persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
         others = [d for n, d in all_descriptions.items() if n != character["name"]]
         started = time.perf_counter()
-        examples = cached_persona_calibration(base, tokenizer, persona, recipe, work, lambda m: print(f"  {m}", file=sys.stderr))
+        examples = cached_persona_calibration(base, tokenizer, persona, recipe, lambda m: print(f"  {m}", file=sys.stderr))
         persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
         print(f"{character['name']}: {len(persona_seqs)} calibration examples in {time.perf_counter() - started:.0f}s",
               file=sys.stderr)

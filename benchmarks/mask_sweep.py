@@ -92,7 +92,7 @@ def write_data(path: Path) -> None:
         row = {"name": character["name"]}
         for count in (128, 192):
             examples = cached_persona_calibration(base, tokenizer, persona,
-                                                  with_overrides(recipe, {"selected_questions": count}), work, print)
+                                                  with_overrides(recipe, {"selected_questions": count}), print)
             row[f"train{count}"] = answer_sequences(tokenizer, persona.system_prompt, examples)
         answers = held_out_answers(dense, tokenizer, persona.system_prompt, character["questions"])
         row["held_out"] = [(p + a, len(p)) for p, a in answers]

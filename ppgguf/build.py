@@ -184,8 +184,7 @@ class _Run:
     def persona_sequences(self) -> list[tuple[list[int], int]]:
         examples = self.stages.run(
             "calibrate", "Building the persona calibration set",
-            lambda: cached_persona_calibration(self.base, self.tokenizer, self.persona, self.recipe, self.work,
-                                               self.progress),
+            lambda: cached_persona_calibration(self.base, self.tokenizer, self.persona, self.recipe, self.progress),
         )
         return answer_sequences(self.tokenizer, self.persona.system_prompt, examples)
 
@@ -377,6 +376,9 @@ def quantize_validate_and_place(run: _Run, model, f32_path: Path, report: dict, 
         write_build_figure(report, figure)
         report["companions"] = [str(p) for p in write_companions(out, report)] + [str(figure)]
         atomic_write_json(report_path, report)
+        # The F32 export is the largest file of a run and takes seconds to write again from the
+        # plan and healed weights kept beside it, so a finished build does not keep it.
+        f32_path.unlink(missing_ok=True)
     finally:
         tmp_out.unlink(missing_ok=True)
     return report_path
@@ -400,8 +402,9 @@ def place_file(src: Path, dst: Path) -> None:
     src.unlink(missing_ok=True)
 
 
-def teacher_model(base, recipe: Recipe, work: Path, progress: Callable[[str], None] = lambda _: None) -> Path:
-    """The GGUF that answers in the persona's voice: the recipe's teacher, else the dense base itself."""
+def teacher_model(base, recipe: Recipe, progress: Callable[[str], None] = lambda _: None) -> Path:
+    """The GGUF that answers in the persona's voice: the recipe's teacher, else the dense base itself
+    (a base that is not a GGUF is converted once and cached beside the reference states)."""
     if recipe.teacher:
         teacher = Path(recipe.teacher).expanduser()
         if not teacher.is_file() or teacher.suffix.lower() != ".gguf":
@@ -409,19 +412,20 @@ def teacher_model(base, recipe: Recipe, work: Path, progress: Callable[[str], No
         return teacher
     if base.source.lower().endswith(".gguf"):
         return Path(base.source)
-    dense = work / "dense-teacher.f16.gguf"
+    dense = cache_root() / "teachers" / f"{base.sha256[:16]}.f16.gguf"
     if dense.is_file():
-        progress("Reusing the dense teacher GGUF from the run directory")
+        progress("Reusing the dense teacher GGUF (cached per base model)")
     else:
+        dense.parent.mkdir(parents=True, exist_ok=True)
         export_gguf(base.model, base.family, base.tokenizer_spec, dense, "F16")
     return dense
 
 
-def cached_persona_calibration(base, tokenizer, persona: Persona, recipe: Recipe, work: Path, progress) -> list[dict]:
+def cached_persona_calibration(base, tokenizer, persona: Persona, recipe: Recipe, progress) -> list[dict]:
     """Stage 1, reused from the cache when the base, persona and calibration settings are unchanged."""
     settings = {k: getattr(recipe, k) for k in (
         "candidate_questions", "reference_personas", "selected_questions", "answer_tokens", "teacher_temperature")}
-    teacher = teacher_model(base, recipe, work, progress)
+    teacher = teacher_model(base, recipe, progress)
     key = key_of({"base": base.sha256, "system_prompt": persona.system_prompt, "teacher": str(teacher),
                   "seed": recipe.seed, "ppgguf": __version__, **settings})
     path = cache_root() / "calibration" / f"{key}.json"

@@ -352,7 +352,7 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     assert proc.wait(timeout=30) == -signal.SIGKILL
     _no_output(out_dir)
     (work,) = runs.iterdir()
-    assert (work / "dense-teacher.f16.gguf").is_file() and not (work / "plan.json").exists()
+    assert len(list((home / "teachers").glob("*.f16.gguf"))) == 1 and not (work / "plan.json").exists()
     refs = list((home / "references").glob("*.safetensors"))
     assert len(refs) == 1
     refs_mtime = refs[0].stat().st_mtime_ns
@@ -362,7 +362,7 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     log2 = tmp_path / "2.log"
     proc = _start("export", args, home, log2)
     text = _wait_for(proc, log2, "@@ held at export")
-    assert "- Reusing the dense teacher GGUF" in text, text
+    assert "- Reusing the dense teacher GGUF (cached per base model)" in text, text
     assert "- Reusing the reference persona states" in text, text
     assert "- Writing GGUF" in text
     proc.send_signal(signal.SIGKILL)
@@ -399,6 +399,13 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     assert sha256(out) == sha256(reference_out)
     assert not [p for p in out_dir.iterdir() if "partial" in p.name or p.name.endswith(".tmp")]
     assert not list(runs.rglob("*.partial")) and not list(runs.rglob("*.tmp"))
+    # A finished build keeps its plan but not the F32 export, which another quant type writes again.
+    assert (work / "plan.json").is_file() and not list(work.glob("model-*.f32.gguf"))
+    other = out_dir / "mirela-f16.gguf"
+    rc, text = _run_to_end("none", args[:3] + [other] + args[4:] + ["--quant", "F16"], home, tmp_path / "5.log")
+    assert rc == 0, text
+    assert "- Reusing the pruning plan" in text and "- Writing GGUF" in text, text
+    assert other.is_file() and not list(work.glob("model-*.f32.gguf"))
 
 
 # --------------------------------------------------------------------------------------------
