@@ -67,8 +67,10 @@ SECTIONS = {
 
 
 def recipes_dir() -> Path:
-    # recipes/ sits beside the package in the repository (ppgguf is installed editable from it).
-    return Path(__file__).resolve().parent.parent / "recipes"
+    # A wheel carries the recipes as ppgguf/recipes/; in the repository (an editable install) they
+    # sit beside the package.
+    packaged = Path(__file__).resolve().parent / "recipes"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "recipes"
 
 
 def available_recipes() -> list[str]:
