@@ -19,7 +19,7 @@ When the recipe heals (the default recipe does), persona, persona-ce and wanda-s
 healed on the persona calibration data, so the ablation differs from persona in the mask alone;
 the generic baselines are not (they have no persona data).
 
-    python benchmarks/fidelity.py                     # 5 characters, 50% FFN
+    python benchmarks/fidelity.py                     # 5 characters, 50% FFN, 40 questions each
     python benchmarks/fidelity.py --sparsities 0.25 0.5 --characters 3 --json out.json
     python benchmarks/fidelity.py --first 1 --characters 1 --methods wanda-sp persona
     python benchmarks/fidelity.py --set heal=false     # the masks alone
@@ -106,7 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--characters", type=int, default=5)
     parser.add_argument("--first", type=int, default=0, help="index of the first RoleBench character")
-    parser.add_argument("--questions", type=int, default=10, help="held-out questions per character")
+    parser.add_argument("--questions", type=int, default=40,
+                        help="held-out questions per character (the paper has 40: 20 specific, 20 general)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
     parser.add_argument("--head-sparsity", type=float, default=0.0)
     parser.add_argument("--methods", nargs="+", default=BASELINES + ["wanda-sp-persona", "persona"])
