@@ -384,7 +384,7 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     _no_output(out_dir)  # the quantized file waits for validation in the run directory, not beside the output
     assert list(work.glob("mirela.Q8_0.gguf.partial"))
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=240) == 130  # generous: once over 60 s on a CPU shared with a benchmark
     text = log3.read_text(encoding="utf-8", errors="replace")
     assert "interrupted" in text and "Traceback" not in text, text
     _no_output(out_dir)
