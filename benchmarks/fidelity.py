@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from ppgguf import measure
+from ppgguf.answer_batches import answer_distributions
 from ppgguf.base import load_base
 from ppgguf.build import cached_persona_calibration
 from ppgguf.calibrate import answer_sequences, generic_sequences
 from ppgguf.export import export_gguf
-from ppgguf.answer_batches import answer_distributions
 from ppgguf.heal import heal
 from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.llama_io import open_gguf
