@@ -95,11 +95,12 @@ def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, sp
         kl = measure.teacher_forced_kl(dense_llm, llm, sequences, spans)["kl_mean"]
         answers = [tokenizer.decode([t for t in measure.greedy_answer(llm, p, 64) if not measure.is_end(llm, t)])
                    for p in prompts]
-        attribution = measure.attribution(answers, desc, others, embed)["accuracy"]
+        attribution = measure.attribution(answers, desc, others, embed)
         knowledge = measure.general_knowledge_accuracy(llm, tokenizer, gk, None)["accuracy"]
     finally:
         llm.close()
-    return {"kl": kl, "attribution": attribution, "knowledge": knowledge, "sample": answers[0][:200]}
+    return {"kl": kl, "attribution": attribution["accuracy"], "attribution_margin": attribution["mean_margin"],
+            "knowledge": knowledge, "answers": answers}
 
 
 def main() -> None:
@@ -168,7 +169,7 @@ def main() -> None:
                 scores["seconds"] = round(time.perf_counter() - t0, 1)
                 row[f"{method}@{sparsity}"] = scores
                 print(f"  {method}@{sparsity}: KL {scores['kl']:.3f} attribution {scores['attribution']:.2f} "
-                      f"knowledge {scores['knowledge']:.2f} ({scores['seconds']}s)", file=sys.stderr)
+                      f"(margin {scores['attribution_margin']:.3f}) knowledge {scores['knowledge']:.2f} ({scores['seconds']}s)", file=sys.stderr)
                 del pruned
         dense_llm.close()
         results.append(row)

@@ -382,6 +382,9 @@ def attribution(
         "answers": len(answers),
         "candidates": len(descriptions),
         "mean_similarity": float(similarity[:, 0].mean()),
+        # How far the own description leads the nearest other one, averaged: a graded version of
+        # the accuracy, far less noisy on 40 answers than counting wins.
+        "mean_margin": float((similarity[:, 0] - similarity[:, 1:].max(-1, initial=-np.inf)).mean()),
     }
 
 

@@ -114,6 +114,9 @@ def test_attribution_with_fake_embedder():
     answers = ["The airship sails into the storms over the harbor city.", "Iron and the forge, hammer it well."]
     result = measure.attribution(answers, DESCRIPTION, others, embed=fake_embed)
     assert result["accuracy"] == 0.5 and result["answers"] == 2 and result["candidates"] == 3
+    # The margin is graded: positive when the own description leads, negative when another one does.
+    assert measure.attribution(answers[:1], DESCRIPTION, others, embed=fake_embed)["mean_margin"] > 0
+    assert measure.attribution(answers[1:], DESCRIPTION, others, embed=fake_embed)["mean_margin"] < 0
 
 
 def test_eval_json(files, monkeypatch):
