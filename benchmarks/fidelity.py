@@ -180,12 +180,12 @@ def main() -> None:
 
 def print_tables(results, methods, sparsities) -> None:
     def mean(key, metric):
-        values = [r[key][metric] for r in results if key in r]
+        values = [r[key][metric] for r in results if metric in r.get(key, {})]
         return float(np.mean(values)) if values else float("nan")
 
     print(f"\n{len(results)} characters: mean over characters (dense: KL 0, attribution "
           f"{mean('dense', 'attribution'):.2f}, knowledge {mean('dense', 'knowledge'):.2f})\n")
-    header = "| method | " + " | ".join(f"KL @{s:.0%} | attribution @{s:.0%} | knowledge @{s:.0%}" for s in sparsities) + " |"
+    header = "| method | " + " | ".join(f"KL @{s * 100:g}% | attribution @{s * 100:g}% | knowledge @{s * 100:g}%" for s in sparsities) + " |"
     print(header)
     print("|" + "---|" * (1 + 3 * len(sparsities)))
     for method in methods:
@@ -204,8 +204,14 @@ def print_tables(results, methods, sparsities) -> None:
         dense_attr, base_attr = mean("dense", "attribution"), mean(f"{best_attr}@{s}", "attribution")
         persona_attr = mean(f"persona@{s}", "attribution")
         reduction = (persona_attr - base_attr) / (dense_attr - base_attr) if dense_attr != base_attr else float("nan")
-        print(f"\n@{s:.0%}: persona KL / best baseline KL ({best}) = {kl_ratio:.2f}; attribution drop reduced by "
+        print(f"\n@{s * 100:g}%: persona KL / best baseline KL ({best}) = {kl_ratio:.2f}; attribution drop reduced by "
               f"{reduction:.1%} over the best baseline ({best_attr}): (persona - baseline) / (dense - baseline)")
+    if "persona" in methods:  # the rule for the default sparsity: attribution within 10% of dense
+        print()
+        for s in sparsities:
+            print(f"@{s * 100:g}%: persona keeps {mean(f'persona@{s}', 'attribution') / mean('dense', 'attribution'):.0%} "
+                  f"of dense's attribution; margin {mean(f'persona@{s}', 'attribution_margin'):+.4f} "
+                  f"against dense's {mean('dense', 'attribution_margin'):+.4f}")
 
 
 if __name__ == "__main__":
