@@ -19,7 +19,7 @@ from .errors import UserError
 class Recipe:
     base: str = "smollm2-135m"
     method: str = "persona"
-    ffn_sparsity: float = 0.5
+    ffn_sparsity: float = 0.375
     head_sparsity: float = 0.0
     uniform: bool = True  # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
     quant: str = "Q8_0"
