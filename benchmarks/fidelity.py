@@ -169,7 +169,8 @@ def main() -> None:
                 scores["seconds"] = round(time.perf_counter() - t0, 1)
                 row[f"{method}@{sparsity}"] = scores
                 print(f"  {method}@{sparsity}: KL {scores['kl']:.3f} attribution {scores['attribution']:.2f} "
-                      f"(margin {scores['attribution_margin']:.3f}) knowledge {scores['knowledge']:.2f} ({scores['seconds']}s)", file=sys.stderr)
+                      f"(margin {scores['attribution_margin']:.3f}) knowledge {scores['knowledge']:.2f} "
+                      f"({scores['seconds']}s)", file=sys.stderr)
                 del pruned
         dense_llm.close()
         results.append(row)
