@@ -1,8 +1,9 @@
 """Build recipes: TOML files naming a base model and every knob of a build.
 
-`recipes/default.toml` is the default; `--recipe NAME` picks `recipes/NAME.toml`, `--recipe PATH`
-any file. Command-line flags override the recipe. Unknown keys are errors, so a typo never passes
-silently.
+`recipes/default.toml` is the default and sets every knob; `--recipe NAME` picks
+`recipes/NAME.toml`, `--recipe PATH` any file, and either changes only the knobs it names on top of
+the default. So each default value lives in one place. Command-line flags override the recipe.
+Unknown keys are errors, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -17,34 +18,36 @@ from .errors import UserError
 
 @dataclass
 class Recipe:
-    base: str = "smollm2-135m"
-    method: str = "persona"
-    ffn_sparsity: float = 0.375
-    head_sparsity: float = 0.0
-    uniform: bool = True  # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
-    quant: str = "Q8_0"
-    seed: int = 0
+    """Every knob of a build; the values come from `recipes/default.toml` (see SECTIONS)."""
+
+    base: str
+    method: str
+    ffn_sparsity: float
+    head_sparsity: float
+    uniform: bool  # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
+    quant: str
+    seed: int
     # Generic calibration text for activation-aware scorers (wanda-sp).
-    generic_sequences: int = 32
-    sequence_length: int = 256
+    generic_sequences: int
+    sequence_length: int
     # Persona calibration (Persona-Pruner stage 1).
-    candidate_questions: int = 256  # pool questions scored by divergence
-    reference_personas: int = 8  # personas the divergence is measured against
-    selected_questions: int = 128  # the most persona-sensitive ones, answered by the teacher
-    answer_tokens: int = 80
-    teacher_temperature: float = 0.7
-    teacher: str = ""  # a GGUF answering in voice; empty = the dense base model
+    candidate_questions: int  # pool questions scored by divergence
+    reference_personas: int  # personas the divergence is measured against
+    selected_questions: int  # the most persona-sensitive ones, answered by the teacher
+    answer_tokens: int
+    teacher_temperature: float
+    teacher: str  # a GGUF answering in voice; empty = the dense base model
     # Mask learning (Persona-Pruner stage 2).
-    steps: int = 24
-    batch_size: int = 8
-    lr: float = 0.05
-    loss: str = "kl"  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
+    steps: int
+    batch_size: int
+    lr: float
+    loss: str  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
     # Recovery finetuning of the kept weights after surgery (`--heal`).
-    heal: bool = True
-    heal_steps: int = 24
-    heal_lr: float = 2e-4
+    heal: bool
+    heal_steps: int
+    heal_lr: float
     # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
-    validation_prompts: int = 4
+    validation_prompts: int
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +93,18 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: str | None = None) -> Recipe:
+    """The default recipe with the knobs of `name_or_path` (a recipe name or a .toml path) on top."""
+    values = recipe_values(recipes_dir() / "default.toml")
+    missing = [f.name for f in fields(Recipe) if f.name not in values]
+    if missing:  # a packaging mistake, not a user's
+        raise RuntimeError(f"recipes/default.toml does not set {', '.join(missing)}")
     path = recipe_path(name_or_path or "default")
+    values.update(recipe_values(path))
+    return Recipe(**values)
+
+
+def recipe_values(path: Path) -> dict[str, Any]:
+    """The recipe fields one TOML file sets, checked by name and type."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -102,21 +116,28 @@ def load_recipe(name_or_path: str | None = None) -> Recipe:
         for key, value in table.items():
             if key not in SECTIONS[section]:
                 raise UserError(f"recipe {path.name}: unknown key '{key}' in [{section}]")
-            values[SECTIONS[section][key]] = value
-    return with_overrides(Recipe(), values, where=f"recipe {path.name}")
+            values[SECTIONS[section][key]] = checked(SECTIONS[section][key], value, f"recipe {path.name}")
+    return values
 
 
 def with_overrides(recipe: Recipe, overrides: dict[str, Any], where: str = "option") -> Recipe:
     """A copy of `recipe` with the non-None `overrides` applied, type-checked."""
-    types = {f.name: type(getattr(Recipe(), f.name)) for f in fields(Recipe)}
     values = recipe.to_json()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        expected = types[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"{where}: '{key}' must be {expected.__name__}, got {value!r}")
-        values[key] = value
+    values.update({key: checked(key, value, where) for key, value in overrides.items() if value is not None})
     return Recipe(**values)
+
+
+# Recipe field -> the Python type its value must have. (The annotations are strings here, under
+# `from __future__ import annotations`.)
+FIELD_TYPES = {f.name: {"str": str, "float": float, "int": int, "bool": bool}[f.type] for f in fields(Recipe)}
+
+
+def checked(key: str, value: Any, where: str) -> Any:
+    if key not in FIELD_TYPES:
+        raise UserError(f"{where}: unknown recipe key '{key}'; known: {', '.join(FIELD_TYPES)}")
+    expected = FIELD_TYPES[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # TOML writes 1 for 1.0
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{where}: '{key}' must be {expected.__name__}, got {value!r}")
+    return value

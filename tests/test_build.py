@@ -98,3 +98,15 @@ def test_build_failing_validation_leaves_no_output(tiny_llama, recipe_file, tmp_
     with pytest.raises(ValidationError, match="disagrees"):
         build(options)
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_recipe_changes_only_the_knobs_it_names(tmp_path):
+    from ppgguf.recipe import load_recipe
+
+    default = load_recipe().to_json()
+    mine = tmp_path / "mine.toml"
+    mine.write_text("[train]\nsteps = 7\n", encoding="utf-8")
+    assert load_recipe(str(mine)).to_json() == {**default, "steps": 7}
+    # quick inherits the default's sparsity instead of repeating it
+    quick = load_recipe("quick").to_json()
+    assert quick["ffn_sparsity"] == default["ffn_sparsity"] and quick["steps"] < default["steps"]
