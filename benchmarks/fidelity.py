@@ -23,6 +23,7 @@ the generic baselines are not (they have no persona data).
     python benchmarks/fidelity.py --sparsities 0.25 0.5 --characters 3 --json out.json
     python benchmarks/fidelity.py --first 1 --characters 1 --methods wanda-sp persona
     python benchmarks/fidelity.py --set heal=false     # the masks alone
+    python benchmarks/fidelity.py --tables benchmarks/results/a.json b.json   # one table from saved runs
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ ROLEBENCH_NAMES = ["Jack Torrance", "Violet Weston", "Twilight Sparkle", "Blair 
                    "Jeff Spicoli", "Jim Morrison", "Gaston", "Alvy Singer", "James Bond"]
 BASELINES = ["random", "magnitude", "wanda-sp"]
 HEALED_WHEN_THE_RECIPE_HEALS = {"persona", "persona-ce", "wanda-sp-persona"}
+NEEDS_PERSONA_CALIBRATION = {"persona", "persona-ce", "persona-mask", "wanda-sp-persona"}
+METHOD_ORDER = BASELINES + ["wanda-sp-persona", "persona-mask", "persona-ce", "persona"]
 
 
 def load_character(index: int, n_questions: int) -> dict:
@@ -115,7 +118,12 @@ def main() -> None:
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. steps=32")
     parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--tables", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="build nothing: print the tables of saved runs, merged per character")
     args = parser.parse_args()
+    if args.tables:
+        print_saved_tables(args.tables)
+        return
 
     overrides = {}
     for item in args.set:
@@ -134,11 +142,14 @@ def main() -> None:
         character = load_character(index, args.questions)
         persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
         others = [d for n, d in all_descriptions.items() if n != character["name"]]
-        started = time.perf_counter()
-        examples = cached_persona_calibration(base, tokenizer, persona, recipe, lambda m: print(f"  {m}", file=sys.stderr))
-        persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
-        print(f"{character['name']}: {len(persona_seqs)} calibration examples in {time.perf_counter() - started:.0f}s",
-              file=sys.stderr)
+        persona_seqs = []
+        if NEEDS_PERSONA_CALIBRATION & set(args.methods):
+            started = time.perf_counter()
+            examples = cached_persona_calibration(base, tokenizer, persona, recipe,
+                                                  lambda m: print(f"  {m}", file=sys.stderr))
+            persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
+            print(f"{character['name']}: {len(persona_seqs)} calibration examples in "
+                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
 
         dense_path = work / "dense.f16.gguf"
         export_gguf(base.model, base.family, base.tokenizer_spec, dense_path, "F16")
@@ -175,8 +186,31 @@ def main() -> None:
         dense_llm.close()
         results.append(row)
         if args.json:
-            args.json.write_text(json.dumps({"recipe": recipe.to_json(), "results": results}, indent=2))
+            # "run" says what this run measured; the recipe's own sparsities are not used here.
+            run = {"methods": args.methods, "sparsities": args.sparsities, "head_sparsity": args.head_sparsity,
+                   "questions": args.questions}
+            args.json.write_text(json.dumps({"run": run, "recipe": recipe.to_json(), "results": results}, indent=2))
     print_tables(results, args.methods, args.sparsities)
+
+
+def print_saved_tables(paths: list[Path]) -> None:
+    """One table from several saved runs: each character's models merged across files.
+
+    Dense is deterministic (the same greedy answers in every run), so any file's dense row serves.
+    """
+    rows: dict[str, dict] = {}
+    for path in paths:
+        for row in json.loads(path.read_text())["results"]:
+            rows.setdefault(row["character"], {}).update(row)
+    keys = {key for row in rows.values() for key in row if "@" in key}
+    methods = [m for m in METHOD_ORDER if any(k.startswith(f"{m}@") for k in keys)]
+    sparsities = sorted({float(k.split("@")[1]) for k in keys})
+    for s in sparsities:
+        for m in methods:
+            have = sum(f"{m}@{s}" in row for row in rows.values())
+            if have < len(rows):
+                print(f"note: {m}@{s * 100:g}% measured on {have} of {len(rows)} characters", file=sys.stderr)
+    print_tables(list(rows.values()), methods, sparsities)
 
 
 def print_tables(results, methods, sparsities) -> None:
