@@ -196,12 +196,22 @@ def main() -> None:
 def print_saved_tables(paths: list[Path]) -> None:
     """One table from several saved runs: each character's models merged across files.
 
-    Dense is deterministic (the same greedy answers in every run), so any file's dense row serves.
+    Each model (and dense) comes from the first file that has it for the character, so list the
+    files in order of preference. Dense is deterministic on one machine, but llama.cpp's kernels
+    differ between CPUs, so a near-tie can turn a greedy answer elsewhere: a note says when two
+    files' dense answers differ.
     """
     rows: dict[str, dict] = {}
     for path in paths:
         for row in json.loads(path.read_text())["results"]:
-            rows.setdefault(row["character"], {}).update(row)
+            merged = rows.setdefault(row["character"], {"dense": row["dense"]})
+            dense_answers = [merged["dense"].get("answers"), row["dense"].get("answers")]
+            if None not in dense_answers and dense_answers[0] != dense_answers[1]:
+                same = sum(a == b for a, b in zip(*dense_answers))
+                print(f"note: {row['character']}: {path.name}'s dense answers differ from the first file's "
+                      f"({same} of {len(dense_answers[0])} the same; another machine?)", file=sys.stderr)
+            for key, value in row.items():
+                merged.setdefault(key, value)
     keys = {key for row in rows.values() for key in row if "@" in key}
     methods = [m for m in METHOD_ORDER if any(k.startswith(f"{m}@") for k in keys)]
     sparsities = sorted({float(k.split("@")[1]) for k in keys})
@@ -230,8 +240,8 @@ def print_tables(results, methods, sparsities) -> None:
             cells += [f"{mean(key, 'kl'):.3f}", f"{mean(key, 'attribution'):.2f}", f"{mean(key, 'knowledge'):.2f}"]
         print(f"| {method} | " + " | ".join(cells) + " |")
     for s in sparsities:
-        baselines = [m for m in methods if m in BASELINES]
-        if "persona" not in methods or not baselines:
+        baselines = [m for m in methods if m in BASELINES and np.isfinite(mean(f"{m}@{s}", "kl"))]
+        if not np.isfinite(mean(f"persona@{s}", "kl")) or not baselines:
             continue
         best = min(baselines, key=lambda m: mean(f"{m}@{s}", "kl"))
         kl_ratio = mean(f"persona@{s}", "kl") / mean(f"{best}@{s}", "kl")
