@@ -237,7 +237,8 @@ def print_tables(results, methods, sparsities) -> None:
         cells = []
         for s in sparsities:
             key = f"{method}@{s}"
-            cells += [f"{mean(key, 'kl'):.3f}", f"{mean(key, 'attribution'):.2f}", f"{mean(key, 'knowledge'):.2f}"]
+            cells += [f"{mean(key, metric):.{digits}f}".replace("nan", "-")
+                      for metric, digits in (("kl", 3), ("attribution", 2), ("knowledge", 2))]
         print(f"| {method} | " + " | ".join(cells) + " |")
     for s in sparsities:
         baselines = [m for m in methods if m in BASELINES and np.isfinite(mean(f"{m}@{s}", "kl"))]
