@@ -234,3 +234,17 @@ def test_cli_inspect(exported):
     missing = runner.invoke(app, ["inspect", str(Path(path).with_name("nope.gguf"))])
     assert missing.exit_code == 2
     assert "no such file" in missing.output
+
+
+def test_agreement_in_blocks_equals_the_direct_formula():
+    generator = np.random.default_rng(0)
+    reference = [generator.normal(size=(n, 50)).astype(np.float32) for n in (5, 300)]  # 300 spans 3 blocks
+    other = [r + generator.normal(scale=0.5, size=r.shape).astype(np.float32) for r in reference]
+    ref, oth = (torch.from_numpy(np.concatenate(x)).double() for x in (reference, other))
+    kl = (ref.softmax(-1) * (ref.log_softmax(-1) - oth.log_softmax(-1))).sum(-1)
+    result = agreement(reference, other)
+    assert result.positions == 305
+    assert result.kl_mean == pytest.approx(float(kl.mean()), rel=1e-12)
+    assert result.kl_max == pytest.approx(float(kl.max()), rel=1e-12)
+    assert result.top1_strict == pytest.approx(float((ref.argmax(-1) == oth.argmax(-1)).double().mean()))
+    assert 0 < result.top1_strict < 1
