@@ -94,12 +94,14 @@ def recipe_path(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str | None = None) -> Recipe:
     """The default recipe with the knobs of `name_or_path` (a recipe name or a .toml path) on top."""
-    values = recipe_values(recipes_dir() / "default.toml")
+    default = recipes_dir() / "default.toml"
+    values = recipe_values(default)
     missing = [f.name for f in fields(Recipe) if f.name not in values]
     if missing:  # a packaging mistake, not a user's
         raise RuntimeError(f"recipes/default.toml does not set {', '.join(missing)}")
     path = recipe_path(name_or_path or "default")
-    values.update(recipe_values(path))
+    if path.resolve() != default.resolve():
+        values.update(recipe_values(path))
     return Recipe(**values)
 
 
