@@ -9,7 +9,7 @@ character's held-out questions (the paper's own questions, never used in calibra
   (all-MiniLM-L6-v2) is the right character, among all ten RoleBench characters;
 - general knowledge: multiple-choice accuracy by log-likelihood (ppgguf/data/general_knowledge.jsonl).
 
-Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.measure, the
+Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.fidelity, the
 same code as `ppgguf eval`. Methods: random, magnitude, wanda-sp (generic calibration text),
 wanda-sp on the persona calibration data (ablation: the data without mask learning), persona
 (STE mask learning, KL to the dense model: what `ppgguf build` does) and optionally persona-ce
@@ -38,19 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ppgguf import measure
-from ppgguf.answer_batches import answer_distributions
+from ppgguf import fidelity
 from ppgguf.base import load_base
-from ppgguf.build import cached_persona_calibration
-from ppgguf.calibrate import answer_sequences, generic_sequences
+from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
+from ppgguf.decode import greedy_answer
 from ppgguf.export import export_gguf
-from ppgguf.heal import heal
-from ppgguf.importance import SCORERS, ScoringInputs
 from ppgguf.llama_io import open_gguf
 from ppgguf.persona import persona_from_text
-from ppgguf.plan import make_plan
+from ppgguf.prune import Calibration, prune_model
 from ppgguf.recipe import load_recipe, with_overrides
-from ppgguf.surgery import apply_plan
+from ppgguf.stages import StageClock
 from ppgguf.tokenizer import ChatTokenizer
 
 EVAL_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "paper-eval"
@@ -77,29 +74,29 @@ def held_out_answers(dense_llm, tokenizer, system_prompt: str, questions: list[s
     """(prompt ids, the dense model's greedy answer ids) per held-out question, the persona prompt in context."""
     prompts = [tokenizer.chat_ids([{"role": "system", "content": system_prompt}, {"role": "user", "content": q}], True)
                for q in questions]
-    return [(p, measure.greedy_answer(dense_llm, p, 64)) for p in prompts]
+    return [(p, greedy_answer(dense_llm, p, 64).ids) for p in prompts]
 
 
-def method_importance(method, model, tokenizer, persona_seqs, generic, recipe, sparsity, head_sparsity):
+def prune_for(method: str, base_model, persona_seqs, generic, recipe, sparsity: float, head_sparsity: float):
+    """One pruned copy of the dense model by `method`, through ppgguf's own pruning stage (no run cache)."""
     scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona", "persona-mask": "persona"}.get(method, method)
-    inputs = ScoringInputs(
-        model=model, ffn_sparsity=sparsity, head_sparsity=head_sparsity, seed=recipe.seed,
-        calibration=[ids for ids, _ in persona_seqs] if method == "wanda-sp-persona" else generic,
-        persona_sequences=persona_seqs,
-        settings={"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
-                  "loss": "ce" if method == "persona-ce" else recipe.loss},
-    )
-    return SCORERS[scorer](inputs), inputs.dense_answer_logprobs
+    recipe = with_overrides(recipe, {
+        "method": scorer, "ffn_sparsity": sparsity, "head_sparsity": head_sparsity, "uniform": True,
+        "loss": "ce" if method == "persona-ce" else recipe.train.loss,
+        "heal": recipe.train.heal and method in HEALED_WHEN_THE_RECIPE_HEALS,
+    })
+    data = Calibration(persona=lambda: persona_seqs,
+                       generic=lambda: [ids for ids, _ in persona_seqs] if method == "wanda-sp-persona" else generic)
+    return prune_model(copy.deepcopy(base_model), recipe, data, "cpu", StageClock(lambda _: None)).model
 
 
 def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, spans, prompts, embed, desc, others, gk):
     llm = open_gguf(path, n_ctx=2048, logits_all=True)
     try:
-        kl = measure.teacher_forced_kl(dense_llm, llm, sequences, spans)["kl_mean"]
-        answers = [tokenizer.decode([t for t in measure.greedy_answer(llm, p, 64) if not measure.is_end(llm, t)])
-                   for p in prompts]
-        attribution = measure.attribution(answers, desc, others, embed)
-        knowledge = measure.general_knowledge_accuracy(llm, tokenizer, gk, None)["accuracy"]
+        kl = fidelity.teacher_forced_kl(dense_llm, llm, sequences, spans)["kl_mean"]
+        answers = [greedy_answer(llm, p, 64).text for p in prompts]
+        attribution = fidelity.attribution(answers, desc, others, embed)
+        knowledge = fidelity.general_knowledge_accuracy(llm, tokenizer, gk, None)["accuracy"]
     finally:
         llm.close()
     return {"kl": kl, "attribution": attribution["accuracy"], "attribution_margin": attribution["mean_margin"],
@@ -131,11 +128,11 @@ def main() -> None:
         overrides[key] = json.loads(value) if value[:1] in "0123456789-tf[" else value
     recipe = with_overrides(load_recipe(args.recipe), overrides)
     work = Path(tempfile.mkdtemp(prefix="ppgguf-fidelity-"))
-    base = load_base(recipe.base, work)
+    base = load_base(recipe.base.model, work)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
-    generic = generic_sequences(tokenizer, recipe.generic_sequences, recipe.sequence_length)
-    embed = measure.load_embedder()
-    gk = measure.load_general_knowledge()
+    generic = generic_sequences(tokenizer, recipe.calibration.generic_sequences, recipe.calibration.sequence_length)
+    embed = fidelity.load_embedder()
+    gk = fidelity.load_general_knowledge()
     all_descriptions = {n: load_character(i, 2)["description"] for i, n in enumerate(ROLEBENCH_NAMES)}
     results = []
     for index in range(args.first, args.first + args.characters):
@@ -145,7 +142,7 @@ def main() -> None:
         persona_seqs = []
         if NEEDS_PERSONA_CALIBRATION & set(args.methods):
             started = time.perf_counter()
-            examples = cached_persona_calibration(base, tokenizer, persona, recipe,
+            examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
                                                   lambda m: print(f"  {m}", file=sys.stderr))
             persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
             print(f"{character['name']}: {len(persona_seqs)} calibration examples in "
@@ -164,15 +161,7 @@ def main() -> None:
         for sparsity in args.sparsities:
             for method in args.methods:
                 t0 = time.perf_counter()
-                importance, teacher = method_importance(method, base.model, tokenizer, persona_seqs, generic,
-                                                        recipe, sparsity, args.head_sparsity)
-                plan = make_plan(importance, sparsity, args.head_sparsity, True)
-                pruned = apply_plan(copy.deepcopy(base.model), plan)
-                if recipe.heal and method in HEALED_WHEN_THE_RECIPE_HEALS:
-                    if teacher is None:
-                        teacher = answer_distributions(base.model, persona_seqs, "cpu")
-                    heal(pruned, persona_seqs, teacher, recipe.heal_steps, recipe.batch_size, recipe.heal_lr,
-                         recipe.seed, "cpu")
+                pruned = prune_for(method, base.model, persona_seqs, generic, recipe, sparsity, args.head_sparsity)
                 path = work / "pruned.f16.gguf"
                 export_gguf(pruned, base.family, base.tokenizer_spec, path, "F16")
                 scores = measure_model(path, dense_llm, tokenizer, persona.system_prompt, sequences, spans,

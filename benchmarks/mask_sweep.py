@@ -71,8 +71,7 @@ def write_data(path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from fidelity import held_out_answers, load_character
 
-    from ppgguf.build import cached_persona_calibration
-    from ppgguf.calibrate import answer_sequences, generic_sequences
+    from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
     from ppgguf.export import export_gguf
     from ppgguf.llama_io import open_gguf
     from ppgguf.persona import persona_from_text
@@ -81,18 +80,18 @@ def write_data(path: Path) -> None:
 
     recipe = load_recipe("default")
     work = Path(tempfile.mkdtemp(prefix="ppgguf-sweep-"))
-    base = load_base(recipe.base, work)
+    base = load_base(recipe.base.model, work)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     export_gguf(base.model, base.family, base.tokenizer_spec, work / "dense.f16.gguf", "F16")
     dense = open_gguf(work / "dense.f16.gguf", n_ctx=2048, logits_all=True)
-    data = {"generic": generic_sequences(tokenizer, recipe.generic_sequences, recipe.sequence_length), "characters": []}
+    data = {"generic": generic_sequences(tokenizer, recipe.calibration.generic_sequences, recipe.calibration.sequence_length), "characters": []}
     for index in range(5):
         character = load_character(index, 10)
         persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
         row = {"name": character["name"]}
         for count in (128, 192):
-            examples = cached_persona_calibration(base, tokenizer, persona,
-                                                  with_overrides(recipe, {"selected_questions": count}), print)
+            settings = with_overrides(recipe, {"selected_questions": count}).calibration
+            examples = cached_persona_calibration(base, tokenizer, persona, settings, recipe.prune.seed, print)
             row[f"train{count}"] = answer_sequences(tokenizer, persona.system_prompt, examples)
         answers = held_out_answers(dense, tokenizer, persona.system_prompt, character["questions"])
         row["held_out"] = [(p + a, len(p)) for p, a in answers]

@@ -20,6 +20,8 @@ import torch
 
 from .errors import UserError
 from .families import Family, family_for_gguf_arch, family_for_model_type, unpermute_from_gguf
+from .gguf_file import read_header
+from .keys import ATTENTION, LLM, arch_key
 from .tokenizer import TokenizerSpec, spec_from_hf_dir
 
 DEFAULT_BASE = "smollm2-135m"
@@ -89,40 +91,41 @@ def sha256_of(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _field(reader: gguf.GGUFReader, key: str, default=None):
-    fld = reader.fields.get(key)
-    return default if fld is None else fld.contents()
-
-
 def _load_gguf(path: Path) -> BaseModel:
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as err:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
-        raise UserError(f"{path}: not a readable GGUF file ({err.__class__.__name__}: {err}); is it truncated?") from None
-    arch = _field(reader, "general.architecture", "?")
+    header = read_header(path, full=True)
+    arch = header.get(gguf.Keys.General.ARCHITECTURE, "?")
     family = family_for_gguf_arch(arch, str(path))
-    for key in ("feed_forward_length", "attention.head_count", "attention.head_count_kv"):
-        if isinstance(_field(reader, f"{arch}.{key}"), list):
-            raise UserError(f"{path}: per-layer widths ({arch}.{key} is a list); use an unpruned base model")
-    tokenizer_spec = TokenizerSpec.from_gguf(reader)
+
+    def field(template: str, default=None):
+        return header.get(arch_key(template, arch), default)
+
+    for template in (LLM.FEED_FORWARD_LENGTH, ATTENTION.HEAD_COUNT, ATTENTION.HEAD_COUNT_KV):
+        if isinstance(field(template), list):
+            key = arch_key(template, arch)
+            raise UserError(f"{path}: per-layer widths ({key} is a list); use an unpruned base model")
+    tokenizer_spec = header.tokenizer_spec()
     if not tokenizer_spec.tokens:
         raise UserError(f"{path}: the GGUF has no tokenizer; ppgguf needs one to build a chat model")
+    try:
+        reader = gguf.GGUFReader(path)  # the tensor data
+    except Exception as err:  # gguf-py raises ValueError, struct.error, IndexError... on bad files
+        raise UserError(f"{path}: not a readable GGUF file ({err.__class__.__name__}: {err}); is it truncated?") from None
 
-    n_head = _field(reader, f"{arch}.attention.head_count")
-    n_head_kv = _field(reader, f"{arch}.attention.head_count_kv", n_head)
-    hidden = _field(reader, f"{arch}.embedding_length")
+    n_head = field(ATTENTION.HEAD_COUNT)
+    n_head_kv = field(ATTENTION.HEAD_COUNT_KV, n_head)
+    hidden = field(LLM.EMBEDDING_LENGTH)
     tensors = {t.name: t for t in reader.tensors}
     config = family.config_class(
         vocab_size=len(tokenizer_spec.tokens),
         hidden_size=hidden,
-        intermediate_size=_field(reader, f"{arch}.feed_forward_length"),
-        num_hidden_layers=_field(reader, f"{arch}.block_count"),
+        intermediate_size=field(LLM.FEED_FORWARD_LENGTH),
+        num_hidden_layers=field(LLM.BLOCK_COUNT),
         num_attention_heads=n_head,
         num_key_value_heads=n_head_kv,
-        head_dim=_field(reader, f"{arch}.attention.key_length", hidden // n_head),
-        rms_norm_eps=_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6),
-        rope_parameters={"rope_type": "default", "rope_theta": _field(reader, f"{arch}.rope.freq_base", 10000.0)},
-        max_position_embeddings=_field(reader, f"{arch}.context_length", 2048),
+        head_dim=field(ATTENTION.KEY_LENGTH, hidden // n_head),
+        rms_norm_eps=field(ATTENTION.LAYERNORM_RMS_EPS, 1e-6),
+        rope_parameters={"rope_type": "default", "rope_theta": field(gguf.Keys.Rope.FREQ_BASE, 10000.0)},
+        max_position_embeddings=field(LLM.CONTEXT_LENGTH, 2048),
         tie_word_embeddings="output.weight" not in tensors,
         bos_token_id=tokenizer_spec.get(gguf.Keys.Tokenizer.BOS_ID),
         eos_token_id=tokenizer_spec.get(gguf.Keys.Tokenizer.EOS_ID),
@@ -152,9 +155,9 @@ def _load_gguf(path: Path) -> BaseModel:
         model=model,
         tokenizer_spec=tokenizer_spec,
         vocab_gguf=path,
-        name=_field(reader, "general.name") or path.stem,
+        name=header.get(gguf.Keys.General.NAME) or path.stem,
         source=str(path),
-        license=_field(reader, "general.license"),
+        license=header.get(gguf.Keys.General.LICENSE),
         sha256=sha256_of([path]),
     )
 

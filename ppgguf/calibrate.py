@@ -3,7 +3,8 @@
 - generic text shipped with the package, for activation-aware baselines such as wanda-sp;
 - fixed chat prompts in the persona's voice, for the validation gate;
 - the persona calibration set of Persona-Pruner (below): questions from the shipped pool selected by
-  how much the persona changes the model's representation of them, answered in the persona's voice.
+  how much the persona changes the model's representation of them, answered in the persona's voice
+  by the teacher (the dense base, or a `--teacher` GGUF with the same tokenizer), cached on disk.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import __version__
+from .base import BaseModel, sha256_of
+from .errors import UserError
+from .export import export_gguf
+from .gguf_file import read_header
 from .llama_io import open_gguf
 from .persona import Persona, reference_personas
+from .recipe import CalibrationSection
+from .runs import atomic_write_json, cache_root, key_of, read_json
 from .tokenizer import ChatTokenizer
 
 # Fixed prompts of the validation gate: everyday questions, each followed by a fixed reply so the
@@ -226,3 +234,62 @@ def persona_calibration(
         for i, answer in zip(chosen, answers)
         if answer
     ]
+
+
+def check_teacher(base: BaseModel, teacher: str) -> Path:
+    """The `--teacher` GGUF, checked to exist and to tokenize exactly as the base model does."""
+    path = Path(teacher).expanduser()
+    if not path.is_file() or path.suffix.lower() != ".gguf":
+        raise UserError(f"--teacher '{teacher}' is not a GGUF file")
+    if read_header(path).tokenizer_hash != read_header(base.vocab_gguf).tokenizer_hash:
+        raise UserError(
+            f"--teacher '{teacher}' has another tokenizer than the base model {base.name}; its answers "
+            "would be read as the wrong tokens: use a teacher of the same model family and vocabulary"
+        )
+    return path
+
+
+def choose_teacher(base: BaseModel, teacher: str, progress=lambda _msg: None) -> tuple[Path, str]:
+    """The GGUF that answers in the persona's voice, and a key for its content.
+
+    `teacher` (the recipe's) if set, checked to tokenize as the base does; else the dense base itself
+    (a base that is not a GGUF is converted once and cached per base model).
+    """
+    if teacher:
+        path = check_teacher(base, teacher)
+        return path, "sha256:" + sha256_of([path])  # the cache follows the teacher's content, not its path
+    if base.source.lower().endswith(".gguf"):
+        return Path(base.source), "base"
+    dense = cache_root() / "teachers" / f"{base.sha256[:16]}.f16.gguf"
+    if dense.is_file():
+        progress("Reusing the dense teacher GGUF (cached per base model)")
+    else:
+        dense.parent.mkdir(parents=True, exist_ok=True)
+        export_gguf(base.model, base.family, base.tokenizer_spec, dense, "F16")
+    return dense, "base"
+
+
+def cached_persona_calibration(
+    base: BaseModel, tokenizer: ChatTokenizer, persona: Persona, settings: CalibrationSection, seed: int,
+    progress=lambda _msg: None,
+) -> list[dict]:
+    """Stage 1, reused from the cache when the base, teacher, persona and calibration settings are unchanged."""
+    chosen = {k: getattr(settings, k) for k in (
+        "candidate_questions", "reference_personas", "selected_questions", "answer_tokens", "teacher_temperature")}
+    teacher, teacher_key = choose_teacher(base, settings.teacher, progress)
+    key = key_of({"base": base.sha256, "system_prompt": persona.system_prompt, "teacher": teacher_key,
+                  "seed": seed, "ppgguf": __version__, **chosen})
+    path = cache_root() / "calibration" / f"{key}.json"
+    cached = read_json(path)
+    if cached is not None:
+        progress("Reusing the persona calibration set")
+        return cached
+    refs_key = key_of({"base": base.sha256, "n": chosen["candidate_questions"], "refs": chosen["reference_personas"],
+                       "ppgguf": __version__})
+    examples = persona_calibration(
+        base.model, tokenizer, persona, teacher, chosen, cache_root() / "references" / f"{refs_key}.safetensors",
+        seed, progress,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, examples)
+    return examples

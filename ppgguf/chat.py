@@ -3,7 +3,7 @@
 `ChatSession` is the whole conversation logic, usable from Python: it loads the GGUF with
 llama-cpp-python, renders conversations with the file's own chat template (the one with the persona
 baked in), keeps the history inside the context window by dropping the oldest turns (never the
-system prompt), and streams replies. `run_repl` is the line-oriented front end the CLI calls.
+system prompt), and streams replies. `ppgguf.repl` is the line-oriented front end the CLI calls.
 
 The system prompt is the file's ``ppgguf.system_prompt`` unless one is given; the opening line is the
 character's greeting (``ppgguf.persona.greeting``) when the file has one, which also opens the
@@ -14,26 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable
 
 import gguf
 
-from .bake import DEFAULT_SAMPLING, read_gguf_strings, sampling_from_metadata
 from .errors import UserError
-from .llama_io import captured_stderr
+from .gguf_file import read_header
+from .keys import PPGGUF
+from .llama_io import open_gguf
+from .sampling import DEFAULT_SAMPLING, sampling_from_metadata
 from .tokenizer import CHATML_TEMPLATE
-
-HELP = """commands:
-  /reset         start the conversation again
-  /system TEXT   replace the system prompt (and start again)
-  /stats         speed of the last reply, context used
-  /save FILE     write the conversation as JSON
-  /help          this text
-  /quit          leave (end of input works too)"""
 
 
 @dataclass
@@ -65,21 +58,17 @@ class ChatSession:
         self.path = Path(gguf_path)
         if not self.path.is_file():
             raise UserError(f"'{self.path}' does not exist; give the path of a GGUF built by ppgguf build")
-        try:
-            meta = read_gguf_strings(self.path)
-        except (ValueError, OSError) as err:
-            raise UserError(f"'{self.path}' is not a readable GGUF file ({err})") from None
+        header = read_header(self.path)
         if n_ctx < 64:
             raise UserError("--ctx must be at least 64 tokens")
         if max_tokens < 1:
             raise UserError("--max-tokens must be at least 1")
-        self.metadata = meta
-        self.name = meta.get("ppgguf.persona.name") or meta.get(gguf.Keys.General.NAME) or self.path.stem
-        self.persona_greeting: str | None = meta.get("ppgguf.persona.greeting") or None
-        self.file_system_prompt: str | None = meta.get("ppgguf.system_prompt")
+        self.name = header.get(PPGGUF.PERSONA_NAME) or header.get(gguf.Keys.General.NAME) or self.path.stem
+        self.persona_greeting: str | None = header.get(PPGGUF.PERSONA_GREETING) or None
+        self.file_system_prompt: str | None = header.get(PPGGUF.SYSTEM_PROMPT)
         self.system_prompt: str | None = system if system is not None else self.file_system_prompt
-        self.template = meta.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or CHATML_TEMPLATE
-        self.sampling = {**DEFAULT_SAMPLING, **sampling_from_metadata(meta)}
+        self.template = header.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or CHATML_TEMPLATE
+        self.sampling = {**DEFAULT_SAMPLING, **sampling_from_metadata(header.values())}
         if temperature is not None:
             self.sampling["temperature"] = temperature
         if top_p is not None:
@@ -95,21 +84,16 @@ class ChatSession:
     # -- loading and rendering -------------------------------------------------------------
 
     def _load(self, seed: int, threads: int | None):
-        import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        with captured_stderr() as log:
-            try:
-                llm = llama_cpp.Llama(
-                    str(self.path), n_ctx=self.n_ctx, n_batch=min(self.n_ctx, 512), n_gpu_layers=0,
-                    n_threads=threads or os.cpu_count(), seed=seed, verbose=False,
-                )
-            except ValueError as err:
-                raise UserError(f"llama.cpp cannot load '{self.path}': {log.last_line() or err}") from None
+        try:
+            llm = open_gguf(self.path, n_ctx=self.n_ctx, threads=threads, seed=seed)
+        except ValueError as err:
+            raise UserError(f"llama.cpp cannot load '{self.path}': {err}") from None
         eos_id, bos_id = llm.token_eos(), llm.token_bos()
         eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
         bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
-        # The file's template, read exactly (GGUFReader), renders both what we count and what we send.
+        # The file's template, read exactly, renders both what we count and what we send.
         self._formatter = Jinja2ChatFormatter(self.template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id])
         llm.chat_handler = self._formatter.to_chat_handler()
         return llm
@@ -238,116 +222,3 @@ class ChatSession:
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.close()
-
-
-# -- the REPL --------------------------------------------------------------------------------
-
-
-def _format_stats(s: dict[str, Any]) -> str:
-    if s["last_reply_tokens"] is None:
-        speed = "no reply yet"
-    else:
-        speed = f"last reply {s['last_reply_tokens']} tokens in {s['last_reply_seconds']:.2f} s ({s['tokens_per_second']:.1f} tokens/s)"
-    return f"{speed}; context {s['context_used']} / {s['n_ctx']} tokens"
-
-
-def run_repl(
-    session: ChatSession,
-    lines: Iterable[str] | None = None,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    interactive: bool | None = None,
-    json_mode: bool = False,
-    quiet: bool = False,
-) -> int:
-    """Read messages and /commands line by line until /quit or end of input; returns the exit code.
-
-    Interactive (a terminal): a prompt before each line, the character's name before each reply.
-    Piped: no prompt characters, replies only (plus /command output). `json_mode`: one JSON object
-    per reply (``role, content, tokens, tokens_per_second``) and per /stats; `quiet`: no greeting.
-    """
-    out = out or sys.stdout
-    err = err or sys.stderr
-    if interactive is None:
-        interactive = lines is None and sys.stdin.isatty() and out.isatty()
-
-    def say(text: str = "") -> None:
-        out.write(text + "\n")
-        out.flush()
-
-    def emit(obj: dict) -> None:
-        say(json.dumps(obj, ensure_ascii=False))
-
-    def note(text: str) -> None:
-        if json_mode:
-            emit({"info": text})
-        else:
-            say(text)
-
-    if not quiet:
-        if json_mode:
-            if session.persona_greeting:
-                emit({"role": "assistant", "content": session.persona_greeting, "greeting": True})
-        else:
-            say(session.greeting())
-
-    def read_lines() -> Iterable[str]:
-        if lines is not None:
-            yield from lines
-            return
-        if interactive:
-            while True:
-                try:
-                    yield input("you> ")
-                except EOFError:
-                    say()
-                    return
-        else:
-            yield from sys.stdin
-
-    for raw in read_lines():
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            command, _, arg = line[1:].partition(" ")
-            command, arg = command.lower(), arg.strip()
-            if command in ("quit", "exit", "q"):
-                return 0
-            if command == "help":
-                note(HELP)
-            elif command == "reset":
-                session.reset()
-                note("(conversation reset)")
-            elif command == "system":
-                if not arg:
-                    note("usage: /system TEXT")
-                else:
-                    session.set_system(arg)
-                    note("(system prompt replaced; conversation reset)")
-            elif command == "stats":
-                stats = session.stats()
-                emit({"stats": stats}) if json_mode else say(_format_stats(stats))
-            elif command == "save":
-                if not arg:
-                    note("usage: /save FILE")
-                else:
-                    try:
-                        note(f"(saved to {session.save(arg)})")
-                    except (UserError, OSError) as e:
-                        err.write(f"error: {e}\n")
-            else:
-                err.write(f"unknown command /{command}; /help lists the commands\n")
-            continue
-        try:
-            if json_mode:
-                reply = session.send(line)
-                emit(reply.to_json())
-            else:
-                if interactive:
-                    out.write(f"{session.name}: ")
-                reply = session.send(line, on_text=lambda piece: (out.write(piece), out.flush()))
-                say()
-        except UserError as e:
-            err.write(f"error: {e}\n")
-    return 0

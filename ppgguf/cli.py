@@ -28,7 +28,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _run(fn, debug: bool):
+# What Ctrl-C leaves behind: a build keeps its finished stages; the other commands keep nothing.
+BUILD_INTERRUPTED = "interrupted; finished stages are kept in the run directory"
+
+
+def _run(fn, debug: bool, interrupted: str = "interrupted"):
+    """Call `fn`; a UserError or an OSError becomes a one-line error, Ctrl-C prints `interrupted`."""
     try:
         return fn()
     except UserError as err:
@@ -41,7 +46,7 @@ def _run(fn, debug: bool):
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         _fail(f"{err.strerror or err}{where} (--debug shows the traceback)")
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished stages are kept in the run directory")
+        err_console.print(interrupted, markup=False, highlight=False)
         raise typer.Exit(130)
 
 
@@ -84,9 +89,9 @@ def build(
     }
     options = BuildOptions(character=character, out=out, recipe=recipe, overrides=overrides, device=device)
     if quiet or json_out:
-        result = _run(lambda: run_build(options), debug)
+        result = _run(lambda: run_build(options), debug, BUILD_INTERRUPTED)
     else:
-        result = _run(lambda: _build_with_status(run_build, options), debug)
+        result = _run(lambda: _build_with_status(run_build, options), debug, BUILD_INTERRUPTED)
     if json_out:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
     elif quiet:
@@ -97,7 +102,7 @@ def build(
 
 def _build_with_status(run_build, options):
     """Each stage as a line; steps of an iterative stage update one live status line instead."""
-    from .build import StepMessage
+    from .stages import StepMessage
 
     with err_console.status("Starting") as status:
         def say(message: str) -> None:
@@ -140,7 +145,7 @@ def inspect(
     if json_out:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return
-    console.print(f"[bold]{escape(str(file))}[/]  {info['architecture']}, {info['parameters']:,} parameters, {info['file_bytes'] / 2**20:.1f} MiB")
+    console.print(f"[bold]{escape(str(file))}[/]  {escape(str(info['architecture']))}, {info['parameters']:,} parameters, {info['file_bytes'] / 2**20:.1f} MiB")
     console.print(f"name: {escape(str(info['name']))}   file type: {info['file_type']}   layers: {info['layers']}")
     table = Table("layer", "n_ff", "n_head", "n_head_kv")
     for i, w in enumerate(info["widths"]):
@@ -148,7 +153,7 @@ def inspect(
     console.print(table)
     for key, value in info["ppgguf"].items():
         text = value if isinstance(value, str) else json.dumps(value)
-        console.print(f"[cyan]{key}[/] = {escape(text[:200] + ('...' if len(text) > 200 else ''))}", highlight=False)
+        console.print(f"[cyan]{escape(key)}[/] = {escape(text[:200] + ('...' if len(text) > 200 else ''))}", highlight=False)
 
 
 @app.command("eval")
@@ -171,7 +176,8 @@ def eval_command(
 
         ppgguf eval npc.gguf --against dense.gguf
     """
-    from .evaluate import evaluate, render_eval
+    from .evaluate import evaluate
+    from .render import render_eval
 
     report = _run(lambda: evaluate(npc, against, questions, n=n, seed=seed, system_prompt=system_prompt,
                                    max_tokens=max_tokens, threads=threads), debug)
@@ -198,7 +204,7 @@ def bench(
         ppgguf bench npc.gguf --against dense.gguf --reps 10
     """
     from .evaluate import bench as run_bench
-    from .evaluate import render_bench
+    from .render import render_bench
 
     report = _run(lambda: run_bench(npc, against, reps=reps, n_decode=tokens, threads=threads), debug)
     if json_out:
@@ -230,7 +236,8 @@ def chat(
 
         printf 'Who are you?\\n' | ppgguf chat captain_mirela.gguf --json
     """
-    from .chat import ChatSession, run_repl
+    from .chat import ChatSession
+    from .repl import run_repl
 
     session = _run(lambda: ChatSession(npc, system=system, n_ctx=ctx, max_tokens=max_tokens,
                                        temperature=temperature, top_p=top_p, seed=seed), debug)

@@ -3,7 +3,7 @@
 `evaluate` answers "did the character survive?" (KL to the dense model on the dense model's own
 in-character answers, persona attribution, general knowledge); `bench` answers "is it faster?"
 (prompt and decode speed, time to first token, memory, size, and the speed-up the bytes predict).
-The measures themselves live in `ppgguf.measure`.
+The measures live in `ppgguf.fidelity` and `ppgguf.speed`, the tables in `ppgguf.render`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,17 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from . import measure
+import gguf
+
+from . import fidelity, speed
+from .decode import greedy_answer
 from .errors import UserError
+from .gguf_file import read_header
+from .keys import PPGGUF
 from .llama_io import open_gguf
 from .tokenizer import ChatTokenizer
 
@@ -23,6 +29,51 @@ DEFAULT_QUESTIONS = 10
 DEFAULT_MAX_TOKENS = 64
 SAMPLES = 3
 BENCH_QUESTION = "Tell me about yourself and what you do all day."
+
+
+@dataclass
+class GGUFInfo:
+    """What one compared file says about itself."""
+
+    path: Path
+    name: str
+    system_prompt: str | None
+    persona_name: str | None
+    description: str | None
+    tokenizer_hash: str
+    file_bytes: int
+    matrix_bytes: int
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path), "name": self.name, "persona": self.persona_name,
+            "file_bytes": self.file_bytes, "matrix_bytes_per_token": self.matrix_bytes,
+        }
+
+
+def read_info(path: Path) -> GGUFInfo:
+    path = Path(path)
+    header = read_header(path)
+    if gguf.Keys.Tokenizer.LIST not in header.fields:
+        raise UserError(f"{path}: the GGUF has no tokenizer")
+    return GGUFInfo(
+        path=path,
+        name=header.get(gguf.Keys.General.NAME) or path.stem,
+        system_prompt=header.get(PPGGUF.SYSTEM_PROMPT),
+        persona_name=header.get(PPGGUF.PERSONA_NAME),
+        description=header.get(PPGGUF.PERSONA_DESCRIPTION),
+        tokenizer_hash=header.tokenizer_hash,
+        file_bytes=path.stat().st_size,
+        matrix_bytes=speed.matrix_bytes_per_token(header.tensors),
+    )
+
+
+def check_same_tokenizer(npc: GGUFInfo, dense: GGUFInfo) -> None:
+    if npc.tokenizer_hash != dense.tokenizer_hash:
+        raise UserError(
+            f"{npc.path.name} and {dense.path.name} have different tokenizers (token list or merges differ); "
+            "compare a pruned file only with the dense model it was built from"
+        )
 
 
 def load_questions(path: Path | None, n: int, seed: int = 0) -> list[str]:
@@ -52,23 +103,30 @@ def load_questions(path: Path | None, n: int, seed: int = 0) -> list[str]:
     return questions[:n]
 
 
-def _pair(npc_path: Path, dense_path: Path) -> tuple[measure.GGUFInfo, measure.GGUFInfo]:
-    npc, dense = measure.read_info(npc_path), measure.read_info(dense_path)
-    measure.check_same_tokenizer(npc, dense)
+def _pair(npc_path: Path, dense_path: Path) -> tuple[GGUFInfo, GGUFInfo]:
+    npc, dense = read_info(npc_path), read_info(dense_path)
+    check_same_tokenizer(npc, dense)
     return npc, dense
 
 
 def _chat_tokenizer(path: Path) -> ChatTokenizer:
-    return ChatTokenizer(measure.read_header(path).tokenizer_spec(), path)
+    return ChatTokenizer(read_header(path).tokenizer_spec(), path)
 
 
-def _system_prompt(npc: measure.GGUFInfo, given: str | None) -> str:
+def _system_prompt(npc: GGUFInfo, given: str | None) -> str:
     prompt = given if given is not None else npc.system_prompt
     if not prompt:
         raise UserError(
             f"{npc.path.name} carries no ppgguf.system_prompt (not built by ppgguf?); give one with --system-prompt"
         )
     return prompt
+
+
+def _open(path: Path, n_ctx: int, threads: int | None, logits_all: bool = False):
+    try:
+        return open_gguf(path, n_ctx=n_ctx, logits_all=logits_all, threads=threads)
+    except ValueError as err:
+        raise UserError(f"{path}: does not load in llama.cpp ({err})") from None
 
 
 def evaluate(
@@ -80,13 +138,13 @@ def evaluate(
     system_prompt: str | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     threads: int | None = None,
-    embed: measure.Embedder | None = None,
+    embed: fidelity.Embedder | None = None,
     general_knowledge: list[dict] | None = None,
 ) -> dict:
     npc, dense = _pair(Path(npc_path), Path(dense_path))
     system = _system_prompt(npc, system_prompt)
     questions = load_questions(questions_file, n, seed)
-    items = measure.load_general_knowledge() if general_knowledge is None else general_knowledge
+    items = fidelity.load_general_knowledge() if general_knowledge is None else general_knowledge
     tokenizer = _chat_tokenizer(npc.path)
     prompts = [
         tokenizer.chat_ids([{"role": "system", "content": system}, {"role": "user", "content": q}], True)
@@ -94,46 +152,25 @@ def evaluate(
     ]
     n_ctx = max(len(p) for p in prompts) + max_tokens + 8
     for item in items:
-        for ids, _ in measure.choice_sequences(tokenizer, item["question"], item["choices"], system):
+        for ids, _ in fidelity.choice_sequences(tokenizer, item["question"], item["choices"], system):
             n_ctx = max(n_ctx, len(ids) + 8)
-
-    def load(path):
-        try:
-            return open_gguf(path, n_ctx=n_ctx, logits_all=True, threads=threads)
-        except ValueError as err:
-            raise UserError(f"{path}: does not load in llama.cpp ({err})") from None
-
-    dense_llm = load(dense.path)
-    npc_llm = load(npc.path)
-    try:
-        dense_answers = [measure.greedy_answer(dense_llm, p, max_tokens) for p in prompts]
-        npc_answers = [measure.greedy_answer(npc_llm, p, max_tokens) for p in prompts]
-        sequences = [p + a for p, a in zip(prompts, dense_answers)]
-        spans = [(len(p), len(p) + len(a)) for p, a in zip(prompts, dense_answers)]
-        kl = measure.teacher_forced_kl(dense_llm, npc_llm, sequences, spans)
-        gk_dense = measure.general_knowledge_accuracy(dense_llm, tokenizer, items, system)
-        gk_npc = measure.general_knowledge_accuracy(npc_llm, tokenizer, items, system)
-    finally:
-        dense_llm.close()
-        npc_llm.close()
-
-    def text(ids: list[int]) -> str:
-        return tokenizer.decode([t for t in ids if t != tokenizer.eos_id]).replace("<|im_end|>", "").strip()
-
-    dense_texts, npc_texts = [text(a) for a in dense_answers], [text(a) for a in npc_answers]
+    measured = _measure_pair(dense.path, npc.path, n_ctx, threads, prompts, max_tokens, tokenizer, items, system)
+    dense_texts = [answer.text.strip() for answer in measured["dense_answers"]]
+    npc_texts = [answer.text.strip() for answer in measured["npc_answers"]]
     description = npc.description or system
-    others = measure.other_descriptions(npc.persona_name)
-    embed = embed or measure.load_embedder()
+    others = fidelity.other_descriptions(npc.persona_name)
+    embed = embed or fidelity.load_embedder()
+    gk_dense, gk_npc = measured["gk_dense"], measured["gk_npc"]
     return {
         "npc": npc.to_json(),
         "dense": dense.to_json(),
         "character": npc.persona_name or npc.name,
         "questions": len(questions),
         "max_tokens": max_tokens,
-        "kl": kl,
+        "kl": measured["kl"],
         "attribution": {
-            "dense": measure.attribution(dense_texts, description, others, embed),
-            "npc": measure.attribution(npc_texts, description, others, embed),
+            "dense": fidelity.attribution(dense_texts, description, others, embed),
+            "npc": fidelity.attribution(npc_texts, description, others, embed),
         },
         "general_knowledge": {
             "dense": gk_dense["accuracy"],
@@ -150,6 +187,29 @@ def evaluate(
     }
 
 
+def _measure_pair(dense_path, npc_path, n_ctx, threads, prompts, max_tokens, tokenizer, items, system) -> dict:
+    """Greedy answers of both models, KL on the dense answers, and both models' general knowledge."""
+    dense_llm = _open(dense_path, n_ctx, threads, logits_all=True)
+    try:
+        npc_llm = _open(npc_path, n_ctx, threads, logits_all=True)
+        try:
+            dense_answers = [greedy_answer(dense_llm, p, max_tokens) for p in prompts]
+            npc_answers = [greedy_answer(npc_llm, p, max_tokens) for p in prompts]
+            sequences = [p + a.ids for p, a in zip(prompts, dense_answers)]
+            spans = [(len(p), len(p) + len(a.ids)) for p, a in zip(prompts, dense_answers)]
+            return {
+                "dense_answers": dense_answers,
+                "npc_answers": npc_answers,
+                "kl": fidelity.teacher_forced_kl(dense_llm, npc_llm, sequences, spans),
+                "gk_dense": fidelity.general_knowledge_accuracy(dense_llm, tokenizer, items, system),
+                "gk_npc": fidelity.general_knowledge_accuracy(npc_llm, tokenizer, items, system),
+            }
+        finally:
+            npc_llm.close()
+    finally:
+        dense_llm.close()
+
+
 def bench(
     npc_path: Path,
     dense_path: Path | None = None,
@@ -162,7 +222,7 @@ def bench(
     """Speed of `npc_path` (and `dense_path`), runs interleaved dense, npc, dense, npc...; medians."""
     if reps < 1:
         raise UserError("--reps must be at least 1")
-    npc = measure.read_info(Path(npc_path))
+    npc = read_info(Path(npc_path))
     models = {"npc": npc}
     if dense_path is not None:
         npc, dense = _pair(Path(npc_path), Path(dense_path))
@@ -171,37 +231,16 @@ def bench(
     tokenizer = _chat_tokenizer(npc.path)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     prompt = tokenizer.chat_ids(messages, add_generation_prompt=True)
-    n_ctx = len(prompt) + n_decode + 16
     threads = threads or os.cpu_count()
-
-    llms, memory = {}, {}
-    try:
-        for label, info in models.items():
-            before = measure.current_rss_bytes()
-            exact = measure.reset_peak_rss()
-            try:
-                llms[label] = open_gguf(info.path, n_ctx=n_ctx, threads=threads)
-            except ValueError as err:
-                raise UserError(f"{info.path}: does not load in llama.cpp ({err})") from None
-            measure.speed_sample(llms[label], prompt, n_decode)  # warm-up: touches every weight
-            after = measure.peak_rss_bytes() if exact else measure.current_rss_bytes()
-            memory[label] = max(after - before, 0)
-        samples: dict[str, list[measure.SpeedSample]] = {label: [] for label in models}
-        for _ in range(reps):
-            for label in models:
-                samples[label].append(measure.speed_sample(llms[label], prompt, n_decode))
-    finally:
-        for llm in llms.values():
-            llm.close()
-
+    samples, memory = _timed_runs(models, prompt, n_decode, reps, threads)
     rows = {}
     for label, info in models.items():
         runs = samples[label]
         rows[label] = {
             **info.to_json(),
-            "pp_tokens_per_s": measure.median([r.pp_tokens_per_s for r in runs]),
-            "decode_tokens_per_s": measure.median([r.decode_tokens_per_s for r in runs]),
-            "ttft_s": measure.median([r.ttft_s for r in runs]),
+            "pp_tokens_per_s": speed.median([r.pp_tokens_per_s for r in runs]),
+            "decode_tokens_per_s": speed.median([r.decode_tokens_per_s for r in runs]),
+            "ttft_s": speed.median([r.ttft_s for r in runs]),
             "peak_memory_bytes": memory[label],
             "decode_tokens_per_s_runs": [round(r.decode_tokens_per_s, 2) for r in runs],
         }
@@ -216,55 +255,27 @@ def bench(
             "pp": p["pp_tokens_per_s"] / d["pp_tokens_per_s"],
             "ttft": d["ttft_s"] / p["ttft_s"],
             "size": d["file_bytes"] / p["file_bytes"],
-            "bound": measure.bound_speedup(models["dense"], models["npc"]),
+            "bound": speed.bound_speedup(models["dense"].matrix_bytes, models["npc"].matrix_bytes),
         }
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# readable tables (the CLI prints these)
-
-
-def render_eval(report: dict, console) -> None:
-    from rich.table import Table
-
-    att, gk, kl = report["attribution"], report["general_knowledge"], report["kl"]
-    console.print(f"[bold]{report['character']}[/]: {report['npc']['path']} against {report['dense']['path']}")
-    table = Table("measure", "dense", "npc", "note")
-    table.add_row("KL(dense || npc)", "0", f"{kl['kl_mean']:.4f}",
-                  f"mean over {kl['tokens']} answer tokens of {kl['sequences']} answers")
-    table.add_row("persona attribution", f"{att['dense']['accuracy']:.0%}", f"{att['npc']['accuracy']:.0%}",
-                  f"nearest of {att['npc']['candidates']} characters")
-    table.add_row("general knowledge", f"{gk['dense']:.0%}", f"{gk['npc']:.0%}",
-                  f"{gk['questions']} multiple-choice questions")
-    console.print(table)
-    for sample in report["samples"]:
-        side = Table(show_header=True, title=sample["question"], title_justify="left", expand=True)
-        side.add_column("dense", ratio=1)
-        side.add_column("npc", ratio=1)
-        side.add_row(sample["dense"], sample["npc"])
-        console.print(side)
-
-
-def render_bench(report: dict, console) -> None:
-    from rich.table import Table
-
-    models = report["models"]
-    table = Table("model", "decode tok/s", "prompt tok/s", "first token", "memory", "file", "matrix bytes/token")
-    for label, row in models.items():
-        table.add_row(
-            label, f"{row['decode_tokens_per_s']:.1f}", f"{row['pp_tokens_per_s']:.0f}", f"{row['ttft_s'] * 1000:.0f} ms",
-            f"{row['peak_memory_bytes'] / 2**20:.0f} MiB", f"{row['file_bytes'] / 2**20:.1f} MiB",
-            f"{row['matrix_bytes_per_token'] / 2**20:.1f} MiB",
-        )
-    speed = report.get("speedup")
-    if speed:
-        table.add_row(
-            "speed-up", f"{speed['decode']:.2f}x", f"{speed['pp']:.2f}x", f"{speed['ttft']:.2f}x", "",
-            f"{speed['size']:.2f}x", f"bound {speed['bound']:.2f}x",
-        )
-    console.print(table)
-    console.print(
-        f"[dim]{report['reps']} interleaved repetitions, medians; {report['prompt_tokens']} prompt tokens, "
-        f"{report['decode_tokens']} decoded, {report['threads']} threads[/]"
-    )
+def _timed_runs(models: dict[str, GGUFInfo], prompt: list[int], n_decode: int, reps: int, threads: int):
+    """Speed samples per model (`reps` interleaved runs after a warm-up) and the memory each load took."""
+    llms, memory = {}, {}
+    try:
+        for label, info in models.items():
+            before = speed.current_rss_bytes()
+            exact = speed.reset_peak_rss()
+            llms[label] = _open(info.path, len(prompt) + n_decode + 16, threads)
+            speed.speed_sample(llms[label], prompt, n_decode)  # warm-up: touches every weight
+            after = speed.peak_rss_bytes() if exact else speed.current_rss_bytes()
+            memory[label] = max(after - before, 0)
+        samples: dict[str, list[speed.SpeedSample]] = {label: [] for label in models}
+        for _ in range(reps):
+            for label in models:
+                samples[label].append(speed.speed_sample(llms[label], prompt, n_decode))
+    finally:
+        for llm in llms.values():
+            llm.close()
+    return samples, memory

@@ -1,4 +1,7 @@
-"""Write a (pruned) PyTorch model as a GGUF file with gguf-py's writer and tensor name maps.
+"""Export: a (pruned) PyTorch model written as a GGUF file with gguf-py's writer and tensor name maps.
+
+`gguf_metadata` says what a built file carries about itself (the `ppgguf.*` keys of `ppgguf.keys`);
+every key is written with its declared type.
 
 Uniform widths are written as the family's own architecture (`llama` or `qwen2`), which every
 llama.cpp front end loads. Per-layer widths are written as `deci`, whose graph reads heads, KV heads
@@ -10,16 +13,24 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
 import torch
 
+from . import __version__
 from .errors import UserError
 from .families import PER_LAYER_ARCH, Family, permute_for_gguf
+from .keys import PPGGUF, VALUE_TYPES
+from .sampling import sampling_metadata
 from .surgery import layer_widths
 from .tokenizer import TokenizerSpec
+
+if TYPE_CHECKING:
+    from .base import BaseModel
+    from .persona import Persona
+    from .recipe import Recipe
 
 # Output types for the written tensors; 1-D tensors (norms, biases) always stay F32 as llama.cpp expects.
 WRITE_TYPES = {"F32": (np.float32, gguf.LlamaFileType.ALL_F32), "F16": (np.float16, gguf.LlamaFileType.MOSTLY_F16)}
@@ -61,24 +72,55 @@ def _llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def _add_metadata_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
-    V = gguf.GGUFValueType
-    if value is None:
-        return
-    if isinstance(value, bool):
-        writer.add_key_value(key, value, V.BOOL)
-    elif isinstance(value, int):
-        writer.add_key_value(key, value, V.UINT32 if 0 <= value < 2**32 else V.INT64)
-    elif isinstance(value, float):
-        writer.add_key_value(key, value, V.FLOAT32)
-    elif isinstance(value, str):
-        writer.add_key_value(key, value, V.STRING)
-    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
-        writer.add_key_value(key, [int(v) for v in value], V.ARRAY, V.INT32)
-    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        writer.add_key_value(key, list(value), V.ARRAY, V.STRING)
-    else:
-        raise TypeError(f"cannot store metadata {key}={value!r}")
+def _add_general(writer: gguf.GGUFWriter, general: dict[str, Any]) -> None:
+    """`general.*` keys through gguf-py's own typed add_* methods."""
+    writers = {
+        "name": writer.add_name, "description": writer.add_description, "license": writer.add_license,
+        "base_model.count": writer.add_base_model_count,
+        "base_model.0.name": lambda name: writer.add_base_model_name(0, name),
+    }
+    for key, value in general.items():
+        if value is not None:
+            writers[key](value)
+
+
+def _add_typed(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+    """One ppgguf or sampling key, stored as the type `keys.VALUE_TYPES` gives it."""
+    vtype, item_type = VALUE_TYPES[key]
+    if vtype == gguf.GGUFValueType.ARRAY:
+        value = [int(v) for v in value] if item_type == gguf.GGUFValueType.INT32 else list(value)
+    writer.add_key_value(key, value, vtype, item_type)
+
+
+def gguf_metadata(persona: Persona, base: BaseModel, recipe: Recipe, model: torch.nn.Module) -> dict[str, dict]:
+    """What a built file says about itself: `general.*` names, the `ppgguf.*` keys and sampling defaults."""
+    widths = layer_widths(model)
+    general = {
+        "name": persona.name,
+        "description": f"{persona.name}: a persona-pruned {base.name} built by ppgguf",
+        "license": base.license,
+        "base_model.count": 1,
+        "base_model.0.name": base.name,
+    }
+    extra = {
+        PPGGUF.VERSION: __version__,
+        PPGGUF.SYSTEM_PROMPT: persona.system_prompt,
+        PPGGUF.PERSONA_NAME: persona.name,
+        PPGGUF.PERSONA_DESCRIPTION: persona.description,
+        PPGGUF.PERSONA_SOURCE_KIND: persona.source_kind,
+        PPGGUF.METHOD: recipe.prune.method,
+        PPGGUF.FFN_SPARSITY: float(recipe.prune.ffn_sparsity),
+        PPGGUF.HEAD_SPARSITY: float(recipe.prune.head_sparsity),
+        PPGGUF.SEED: recipe.prune.seed,
+        PPGGUF.BASE_SHA256: base.sha256,
+        PPGGUF.FFN_WIDTHS: [w["n_ff"] for w in widths],
+        PPGGUF.HEAD_COUNTS: [w["n_head"] for w in widths],
+        PPGGUF.KV_HEAD_COUNTS: [w["n_head_kv"] for w in widths],
+    }
+    if persona.greeting:
+        extra[PPGGUF.PERSONA_GREETING] = persona.greeting
+    extra.update(sampling_metadata())
+    return {"general": general, "extra": extra}
 
 
 def export_gguf(
@@ -105,8 +147,7 @@ def export_gguf(
     tmp = out_path.with_name(out_path.name + ".partial")
     writer = gguf.GGUFWriter(tmp, arch_name)
     writer.add_type("model")
-    for key, value in (general or {}).items():
-        _add_metadata_value(writer, f"general.{key}", value)
+    _add_general(writer, general or {})
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -130,7 +171,7 @@ def export_gguf(
         raise UserError(f"rope scaling '{rope_type}' is not supported by the exporter yet")
     tokenizer_spec.add_to(writer)
     for key, value in (extra or {}).items():
-        _add_metadata_value(writer, key, value)
+        _add_typed(writer, key, value)
 
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     if rope_type == "llama3":

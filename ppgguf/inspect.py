@@ -5,42 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
+import numpy as np
 
-from .errors import UserError
+from .gguf_file import read_header
+from .keys import ATTENTION, LLM, arch_key
 
 
 def inspect_gguf(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as err:
-        raise UserError(f"{path}: not a readable GGUF file ({err.__class__.__name__}); is it truncated?") from None
+    header = read_header(path, full=True)  # every ppgguf.* value, whatever its type
+    arch = header.get(gguf.Keys.General.ARCHITECTURE, "?")
+    n_layers = header.get(arch_key(LLM.BLOCK_COUNT, arch), 0)
 
-    def field(key, default=None):
-        fld = reader.fields.get(key)
-        return default if fld is None else fld.contents()
-
-    arch = field("general.architecture", "?")
-    n_layers = field(f"{arch}.block_count", 0)
-
-    def per_layer(key):
-        value = field(f"{arch}.{key}")
+    def per_layer(template: str) -> list:
+        value = header.get(arch_key(template, arch))
         return value if isinstance(value, list) else [value] * n_layers
 
     widths = [
         {"n_ff": ff, "n_head": h, "n_head_kv": kv}
-        for ff, h, kv in zip(per_layer("feed_forward_length"), per_layer("attention.head_count"),
-                             per_layer("attention.head_count_kv"))
+        for ff, h, kv in zip(per_layer(LLM.FEED_FORWARD_LENGTH), per_layer(ATTENTION.HEAD_COUNT),
+                             per_layer(ATTENTION.HEAD_COUNT_KV))
     ]
-    file_type = field("general.file_type")
+    file_type = header.get(gguf.Keys.General.FILE_TYPE)
     return {
         "architecture": arch,
-        "name": field("general.name", ""),
+        "name": header.get(gguf.Keys.General.NAME, ""),
         "layers": n_layers,
-        "parameters": int(sum(int(t.n_elements) for t in reader.tensors)),
+        "parameters": int(sum(int(np.prod(shape)) for _, shape, _ in header.tensors)),
         "file_bytes": path.stat().st_size,
         "file_type": gguf.LlamaFileType(file_type).name if file_type is not None else "?",
         "widths": widths,
-        "ppgguf": {k: field(k) for k in reader.fields if k.startswith("ppgguf.")},
+        "ppgguf": {key: value for key, value in header.values().items() if key.startswith("ppgguf.")},
     }

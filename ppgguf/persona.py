@@ -7,7 +7,8 @@ A persona comes from one file:
 * a Character Card as JSON (``.json``): V1 (flat object), V2 (``spec: chara_card_v2``) or
   V3 (``spec: chara_card_v3``);
 * a Character Card embedded in a PNG (``.png``): a ``tEXt``/``zTXt``/``iTXt`` chunk with keyword
-  ``chara`` (base64 JSON, V1/V2) or ``ccv3`` (base64 JSON, V3); ``ccv3`` wins when both exist.
+  ``chara`` (base64 JSON, V1/V2) or ``ccv3`` (base64 JSON, V3); ``ccv3`` wins when both exist
+  (read by `ppgguf.card_png`).
 
 Whatever the source, the result is a `Persona` whose ``system_prompt`` is the exact text the model is
 calibrated with and that is baked into the GGUF chat template. Persona text is data everywhere: braces,
@@ -26,30 +27,19 @@ Every bad input raises `UserError` with a one-line message naming the problem an
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import json
 import re
-import struct
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ppgguf.card_png import PNG_SIGNATURE, png_card_text
 from ppgguf.errors import UserError
 
-__all__ = [
-    "MAX_PERSONA_BYTES",
-    "MIN_DESCRIPTION_CHARS",
-    "Persona",
-    "build_system_prompt",
-    "default_frame",
-    "load_persona",
-    "persona_from_card",
-    "persona_from_text",
-]
+__all__ = ["MAX_PERSONA_BYTES", "MIN_DESCRIPTION_CHARS", "Persona", "build_system_prompt", "default_frame",
+           "load_persona", "persona_from_card", "persona_from_text"]
 
 # How each card field is used (README copies this table):
 #
@@ -71,12 +61,8 @@ __all__ = [
 MAX_PERSONA_BYTES = 64 * 1024  # plain-text file size, and the size of the built system prompt
 MIN_DESCRIPTION_CHARS = 20
 MAX_JSON_CARD_BYTES = 16 * 1024 * 1024  # JSON cards may carry lorebooks / embedded assets
-MAX_PNG_CARD_BYTES = 64 * 1024 * 1024  # PNG cards are images: allow a large picture
 MAX_NAME_LINE_CHARS = 60
 USER_NAME = "User"
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CARD_KEYWORDS = ("ccv3", "chara")  # in order of preference
 
 _SPEC_KINDS = {"chara_card_v2": "card-v2", "chara_card_v3": "card-v3"}
 _TEXT_FIELDS = ("personality", "scenario", "first_mes", "mes_example", "system_prompt")
@@ -100,15 +86,8 @@ class Persona:
     card: dict | None = field(default=None, hash=False)  # card data dict (V2/V3 'data', V1 flat)
 
     def to_json(self) -> dict:
-        """A plain, `json.dumps`-able dict (for reports)."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "system_prompt": self.system_prompt,
-            "greeting": self.greeting,
-            "source_kind": self.source_kind,
-            "card": copy.deepcopy(self.card) if self.card is not None else None,
-        }
+        """A plain, `json.dumps`-able dict (for reports); the card is a copy."""
+        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,14 +107,8 @@ def _clean_examples(examples: str) -> str:
     return "\n\n".join(b for b in blocks if b)
 
 
-def build_system_prompt(
-    name: str,
-    description: str,
-    personality: str = "",
-    scenario: str = "",
-    examples: str = "",
-    card_system_prompt: str = "",
-) -> str:
+def build_system_prompt(name: str, description: str, personality: str = "", scenario: str = "", examples: str = "",
+                        card_system_prompt: str = "") -> str:
     """Assemble the system prompt.
 
     Order: the card's own system prompt (``{{original}}`` -> default frame) or else the default frame;
@@ -193,10 +166,8 @@ def persona_from_text(text: str, fallback_name: str = "Character", *, source: st
     if text.startswith("\ufeff"):
         text = text[1:]
     if len(text.encode("utf-8", "surrogatepass")) > MAX_PERSONA_BYTES:
-        raise UserError(
-            f"{source}: the character text is over the {MAX_PERSONA_BYTES // 1024} KiB limit; "
-            "shorten it to the essentials (a few paragraphs are enough)"
-        )
+        raise UserError(f"{source}: the character text is over the {MAX_PERSONA_BYTES // 1024} KiB limit; "
+                        "shorten it to the essentials (a few paragraphs are enough)")
     body = _normalize(text)
     if not body.strip():
         raise UserError(f"{source}: the character text is empty; write the character's name and description in it")
@@ -219,19 +190,11 @@ def persona_from_text(text: str, fallback_name: str = "Character", *, source: st
 
     description = "\n".join(lines).strip("\n")
     if len(description.strip()) < MIN_DESCRIPTION_CHARS:
-        raise UserError(
-            f"{source}: the character description is only {len(description.strip())} characters after "
-            f"the name (need at least {MIN_DESCRIPTION_CHARS}); write a few sentences about who "
-            f"{name} is and how they talk"
-        )
-    return Persona(
-        name=name,
-        description=description,
-        system_prompt=build_system_prompt(name, description),
-        greeting=None,
-        source_kind="text",
-        card=None,
-    )
+        raise UserError(f"{source}: the character description is only {len(description.strip())} characters after "
+                        f"the name (need at least {MIN_DESCRIPTION_CHARS}); write a few sentences about who "
+                        f"{name} is and how they talk")
+    return Persona(name=name, description=description, system_prompt=build_system_prompt(name, description),
+                   greeting=None, source_kind="text", card=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,10 +209,8 @@ def _expand_macros(text: str, name: str) -> str:
 def _unwrap_card(card: Any, source: str) -> tuple[dict, str, str]:
     """Return (data dict, source_kind, field prefix for messages)."""
     if not isinstance(card, dict):
-        raise UserError(
-            f"{source}: a character card must be a JSON object, got {_json_type(card)}; "
-            "export the card again as a Character Card V1/V2/V3"
-        )
+        raise UserError(f"{source}: a character card must be a JSON object, got {_json_type(card)}; "
+                        "export the card again as a Character Card V1/V2/V3")
     spec = card.get("spec")
     if spec is None:
         data = card.get("data")
@@ -257,16 +218,12 @@ def _unwrap_card(card: Any, source: str) -> tuple[dict, str, str]:
             return data, "card-v2", "data."  # a V2-shaped card that lost its 'spec'
         return card, "card-v1", ""
     if not isinstance(spec, str):
-        raise UserError(
-            f"{source}: field 'spec' must be a string, got {_json_type(spec)}; "
-            "use \"chara_card_v2\" or \"chara_card_v3\" (or drop it for a V1 card)"
-        )
+        raise UserError(f"{source}: field 'spec' must be a string, got {_json_type(spec)}; "
+                        "use \"chara_card_v2\" or \"chara_card_v3\" (or drop it for a V1 card)")
     kind = _SPEC_KINDS.get(spec.strip())
     if kind is None:
-        raise UserError(
-            f"{source}: unknown card spec {spec!r}; supported are \"chara_card_v2\", "
-            "\"chara_card_v3\" and V1 cards without 'spec'"
-        )
+        raise UserError(f"{source}: unknown card spec {spec!r}; supported are \"chara_card_v2\", "
+                        "\"chara_card_v3\" and V1 cards without 'spec'")
     data = card.get("data")
     if data is None:
         raise UserError(f"{source}: field 'data' is missing; a {spec} card keeps its fields in a 'data' object")
@@ -275,28 +232,18 @@ def _unwrap_card(card: Any, source: str) -> tuple[dict, str, str]:
     return data, kind, "data."
 
 
+_JSON_TYPES = ((type(None), "null"), (bool, "a boolean"), ((int, float), "a number"), (str, "a string"),
+               (list, "an array"), (dict, "an object"))  # bool before int: a bool is an int
+
+
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((name for types, name in _JSON_TYPES if isinstance(value, types)), type(value).__name__)
 
 
 def _required_str(data: dict, key: str, prefix: str, source: str) -> str:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise UserError(
-            f"{source}: field '{prefix}{key}' must be a string, got {_json_type(value)}; fix the card"
-        )
+        raise UserError(f"{source}: field '{prefix}{key}' must be a string, got {_json_type(value)}; fix the card")
     if value is None or not value.strip():
         raise UserError(
             f"{source}: field '{prefix}{key}' is missing or empty; fill in the character's {key} in the card"
@@ -309,10 +256,8 @@ def _optional_str(data: dict, key: str, prefix: str, source: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise UserError(
-            f"{source}: field '{prefix}{key}' must be a string, got {_json_type(value)}; "
-            "fix the card or remove the field"
-        )
+        raise UserError(f"{source}: field '{prefix}{key}' must be a string, got {_json_type(value)}; "
+                        "fix the card or remove the field")
     return value
 
 
@@ -333,161 +278,26 @@ def persona_from_card(card: dict, *, source: str = "card") -> Persona:
             f"{source}: field '{prefix}description' is missing or empty; fill in the character's description"
         )
 
-    system_prompt = build_system_prompt(
-        name,
-        description,
-        personality=fields["personality"],
-        scenario=fields["scenario"],
-        examples=fields["mes_example"],
-        card_system_prompt=fields["system_prompt"],
-    )
+    system_prompt = build_system_prompt(name, description, personality=fields["personality"], scenario=fields["scenario"],
+                                        examples=fields["mes_example"], card_system_prompt=fields["system_prompt"])
     size = len(system_prompt.encode("utf-8", "surrogatepass"))
     if size > MAX_PERSONA_BYTES:
         raise UserError(
             f"{source}: the card's character text is {size // 1024} KiB, over the "
             f"{MAX_PERSONA_BYTES // 1024} KiB limit; shorten description, personality, scenario or mes_example"
         )
-    return Persona(
-        name=name,
-        description=description,
-        system_prompt=system_prompt,
-        greeting=fields["first_mes"] or None,
-        source_kind=kind,
-        card=copy.deepcopy(data),
-    )
+    return Persona(name=name, description=description, system_prompt=system_prompt,
+                   greeting=fields["first_mes"] or None, source_kind=kind, card=copy.deepcopy(data))
 
 
 def _parse_json(text: str, source: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(
-            f"{source}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
-            "fix the file or export the card again"
-        ) from None
+        raise UserError(f"{source}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
+                        "fix the file or export the card again") from None
     except RecursionError:
         raise UserError(f"{source}: JSON is nested too deeply; export the card again") from None
-
-
-# --------------------------------------------------------------------------------------------
-# PNG cards
-
-
-def _png_text_chunks(blob: bytes, source: str) -> dict[str, str]:
-    """Return {keyword (lower-case): text} for the tEXt/zTXt/iTXt chunks of a PNG (first one wins)."""
-    if not blob.startswith(PNG_SIGNATURE):
-        raise UserError(
-            f"{source}: not a PNG file (bad signature); give a PNG character card, a .json card or a text file"
-        )
-    texts: dict[str, str] = {}
-    pos = len(PNG_SIGNATURE)
-    end = len(blob)
-    while True:
-        if pos == end:
-            break  # no IEND: tolerated when the card chunk is there
-        if pos + 8 > end:
-            raise UserError(f"{source}: PNG is truncated (a chunk header is cut off); export the card again")
-        length, ctype = struct.unpack(">I4s", blob[pos : pos + 8])
-        if not ctype.isalpha():
-            raise UserError(f"{source}: PNG is corrupt (bad chunk type at byte {pos + 4}); export the card again")
-        data_start = pos + 8
-        data_end = data_start + length
-        if data_end + 4 > end:
-            raise UserError(
-                f"{source}: PNG is truncated (chunk {ctype.decode('ascii')} is cut off); export the card again"
-            )
-        data = blob[data_start:data_end]
-        (crc,) = struct.unpack(">I", blob[data_end : data_end + 4])
-        pos = data_end + 4
-        if ctype == b"IEND":
-            break
-        if ctype not in (b"tEXt", b"zTXt", b"iTXt"):
-            continue  # image chunks are not checked: only the text chunks matter here
-        if zlib.crc32(ctype + data) & 0xFFFFFFFF != crc:
-            raise UserError(
-                f"{source}: PNG is corrupt (CRC mismatch in a {ctype.decode('ascii')} chunk); export the card again"
-            )
-        keyword, text = _decode_text_chunk(ctype, data, source)
-        if keyword is not None and keyword not in texts:
-            texts[keyword] = text
-    return texts
-
-
-def _inflate(data: bytes, source: str, ctype: bytes) -> bytes:
-    try:
-        d = zlib.decompressobj()
-        out = d.decompress(data, MAX_JSON_CARD_BYTES + 1)
-    except zlib.error as e:
-        raise UserError(
-            f"{source}: PNG is corrupt (cannot decompress a {ctype.decode('ascii')} chunk: {e}); "
-            "export the card again"
-        ) from None
-    if len(out) > MAX_JSON_CARD_BYTES:
-        raise UserError(
-            f"{source}: a {ctype.decode('ascii')} chunk inflates to over "
-            f"{MAX_JSON_CARD_BYTES // (1024 * 1024)} MiB; export a smaller card"
-        )
-    return out
-
-
-def _decode_text_chunk(ctype: bytes, data: bytes, source: str) -> tuple[str | None, str]:
-    keyword, sep, rest = data.partition(b"\0")
-    if not sep:
-        return None, ""  # malformed, not ours to judge
-    key = keyword.decode("latin-1").strip().lower()
-    if key not in _CARD_KEYWORDS:
-        return None, ""
-    if ctype == b"tEXt":
-        return key, rest.decode("latin-1")
-    if ctype == b"zTXt":
-        if len(rest) < 1:
-            return None, ""
-        return key, _inflate(rest[1:], source, ctype).decode("latin-1")
-    # iTXt: flag, method, language\0, translated keyword\0, UTF-8 text
-    if len(rest) < 2:
-        return None, ""
-    flag = rest[0]
-    rest = rest[2:]
-    _lang, _, rest = rest.partition(b"\0")
-    _tkey, _, rest = rest.partition(b"\0")
-    if flag:
-        rest = _inflate(rest, source, ctype)
-    try:
-        return key, rest.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{source}: the '{key}' iTXt chunk is not UTF-8; export the card again") from None
-
-
-def _decode_card_payload(payload: str, keyword: str, source: str) -> Any:
-    where = f"{source} ('{keyword}' chunk)"
-    stripped = payload.strip()
-    if stripped.startswith("{"):
-        return _parse_json(stripped, where)  # some tools store the JSON itself
-    compact = "".join(stripped.split())
-    compact += "=" * (-len(compact) % 4)
-    try:
-        raw = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        try:
-            raw = base64.b64decode(compact, altchars=b"-_", validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise UserError(f"{where}: not valid base64 ({e}); export the card again") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: the decoded card is not UTF-8 JSON; export the card again") from None
-    return _parse_json(text, where)
-
-
-def _card_from_png(blob: bytes, source: str) -> tuple[Any, str]:
-    texts = _png_text_chunks(blob, source)
-    for keyword in _CARD_KEYWORDS:
-        if keyword in texts:
-            return _decode_card_payload(texts[keyword], keyword, source), f"{source} ('{keyword}' chunk)"
-    raise UserError(
-        f"{source}: PNG has no character card inside (no 'chara' or 'ccv3' text chunk); "
-        "export the character as a card PNG or a .json card"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,16 +306,12 @@ def _card_from_png(blob: bytes, source: str) -> tuple[Any, str]:
 
 def _decode_utf8(blob: bytes, source: str) -> str:
     if b"\0" in blob:
-        raise UserError(
-            f"{source}: looks binary (contains NUL bytes; UTF-16 files do too); "
-            "give a plain-text file saved as UTF-8, a .json card or a .png card"
-        )
+        raise UserError(f"{source}: looks binary (contains NUL bytes; UTF-16 files do too); "
+                        "give a plain-text file saved as UTF-8, a .json card or a .png card")
     try:
         return blob.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"{source}: is not valid UTF-8 text (bad byte at offset {e.start}); save it as UTF-8"
-        ) from None
+        raise UserError(f"{source}: is not valid UTF-8 text (bad byte at offset {e.start}); save it as UTF-8") from None
 
 
 def load_persona(path: str | Path) -> Persona:
@@ -519,27 +325,17 @@ def load_persona(path: str | Path) -> Persona:
     suffix = p.suffix.lower()
     size = p.stat().st_size
     with open(p, "rb") as f:
-        head = f.read(len(PNG_SIGNATURE))
-    is_png = head == PNG_SIGNATURE
+        is_png = f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
 
     if is_png or suffix == ".png":
-        if size > MAX_PNG_CARD_BYTES:
-            raise UserError(
-                f"{source}: PNG is {size // (1024 * 1024)} MiB, over the {MAX_PNG_CARD_BYTES // (1024 * 1024)} MiB "
-                "limit; export the card with a smaller picture or as .json"
-            )
-        if size == 0:
-            raise UserError(f"{source}: the file is empty; export the character card again")
-        card, where = _card_from_png(p.read_bytes(), source)
-        return persona_from_card(card, source=where)
+        text, where = png_card_text(p, source)
+        return persona_from_card(_parse_json(text, where), source=where)
 
     limit = MAX_JSON_CARD_BYTES if suffix == ".json" else MAX_PERSONA_BYTES
     if size > limit:
         what = "card" if suffix == ".json" else "character file"
-        raise UserError(
-            f"{source}: the {what} is {size // 1024} KiB, over the {limit // 1024} KiB limit; "
-            "shorten it to the essentials"
-        )
+        raise UserError(f"{source}: the {what} is {size // 1024} KiB, over the {limit // 1024} KiB limit; "
+                        "shorten it to the essentials")
     text = _decode_utf8(p.read_bytes(), source)
     if not text.strip():
         raise UserError(f"{source}: the file is empty; write the character's name and description in it")

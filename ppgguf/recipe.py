@@ -1,35 +1,43 @@
-"""Build recipes: TOML files naming a base model and every knob of a build.
+"""Build recipes: TOML files naming a base model and every knob of a build, as typed settings.
 
 `recipes/default.toml` is the default and sets every knob; `--recipe NAME` picks
 `recipes/NAME.toml`, `--recipe PATH` any file, and either changes only the knobs it names on top of
 the default. So each default value lives in one place. Command-line flags override the recipe.
-Unknown keys are errors, so a typo never passes silently.
+Each TOML table is one frozen dataclass below, and every name, type and value is checked when the
+recipe loads or an option overrides it, so a typo never passes silently or fails mid-build.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from .errors import UserError
+from .importance import check_method
+from .plan import check_sparsity
+from .quantize import check_quant_type
+
+LOSSES = ("kl", "ce")
 
 
-@dataclass
-class Recipe:
-    """Every knob of a build; the values come from `recipes/default.toml` (see SECTIONS)."""
+@dataclass(frozen=True)
+class BaseSection:
+    model: str
 
-    base: str
-    method: str
+
+@dataclass(frozen=True)
+class PruneSection:
+    method: str  # an importance scorer (ppgguf.importance)
     ffn_sparsity: float
     head_sparsity: float
     uniform: bool  # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
-    quant: str
     seed: int
-    # Generic calibration text for activation-aware scorers (wanda-sp).
-    generic_sequences: int
-    sequence_length: int
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
     # Persona calibration (Persona-Pruner stage 1).
     candidate_questions: int  # pool questions scored by divergence
     reference_personas: int  # personas the divergence is measured against
@@ -37,6 +45,13 @@ class Recipe:
     answer_tokens: int
     teacher_temperature: float
     teacher: str  # a GGUF answering in voice; empty = the dense base model
+    # Generic calibration text for activation-aware scorers (wanda-sp).
+    generic_sequences: int
+    sequence_length: int
+
+
+@dataclass(frozen=True)
+class TrainSection:
     # Mask learning (Persona-Pruner stage 2).
     steps: int
     batch_size: int
@@ -46,27 +61,49 @@ class Recipe:
     heal: bool
     heal_steps: int
     heal_lr: float
-    # Validation gate: how many fixed prompts are compared between PyTorch and llama.cpp.
-    validation_prompts: int
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    quant: str  # a llama.cpp quant type, upper case
+
+
+@dataclass(frozen=True)
+class ValidateSection:
+    prompts: int  # fixed prompts compared between PyTorch and llama.cpp
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of a build, one field per TOML table; the values come from `recipes/default.toml`."""
+
+    base: BaseSection
+    prune: PruneSection
+    calibration: CalibrationSection
+    train: TrainSection
+    export: ExportSection
+    validate: ValidateSection
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The knobs as one flat dict (FLAT_KEYS order): run-directory keys and reports are hashed from it."""
+        return {flat: getattr(getattr(self, section), key) for flat, (section, key) in FLAT_KEYS.items()}
 
 
-# TOML table -> the recipe fields it may hold.
-SECTIONS = {
-    "base": {"model": "base"},
-    "prune": {"method": "method", "ffn_sparsity": "ffn_sparsity", "head_sparsity": "head_sparsity",
-              "uniform": "uniform", "seed": "seed"},
-    "calibration": {"generic_sequences": "generic_sequences", "sequence_length": "sequence_length",
-                    "candidate_questions": "candidate_questions", "reference_personas": "reference_personas",
-                    "selected_questions": "selected_questions", "answer_tokens": "answer_tokens",
-                    "teacher_temperature": "teacher_temperature", "teacher": "teacher"},
-    "train": {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "loss": "loss",
-              "heal": "heal", "heal_steps": "heal_steps", "heal_lr": "heal_lr"},
-    "export": {"quant": "quant"},
-    "validate": {"prompts": "validation_prompts"},
+# Flat knob name (reports, command-line overrides) -> (TOML table, key). The order is that of
+# `Recipe.to_json`, which run keys are hashed from: do not reorder.
+FLAT_KEYS = {
+    "base": ("base", "model"),
+    **{key: ("prune", key) for key in ("method", "ffn_sparsity", "head_sparsity", "uniform")},
+    "quant": ("export", "quant"),
+    "seed": ("prune", "seed"),
+    **{key: ("calibration", key) for key in ("generic_sequences", "sequence_length", "candidate_questions",
+                                             "reference_personas", "selected_questions", "answer_tokens",
+                                             "teacher_temperature", "teacher")},
+    **{key: ("train", key) for key in ("steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr")},
+    "validation_prompts": ("validate", "prompts"),
 }
+# TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
+SECTIONS: dict[str, type] = get_type_hints(Recipe)
 
 
 def recipes_dir() -> Path:
@@ -95,51 +132,74 @@ def recipe_path(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str | None = None) -> Recipe:
     """The default recipe with the knobs of `name_or_path` (a recipe name or a .toml path) on top."""
     default = recipes_dir() / "default.toml"
-    values = recipe_values(default)
-    missing = [f.name for f in fields(Recipe) if f.name not in values]
+    tables = recipe_tables(default)
+    missing = [f"[{s}] {key}" for s, cls in SECTIONS.items() for key in get_type_hints(cls) if key not in tables[s]]
     if missing:  # a packaging mistake, not a user's
         raise RuntimeError(f"recipes/default.toml does not set {', '.join(missing)}")
     path = recipe_path(name_or_path or "default")
     if path.resolve() != default.resolve():
-        values.update(recipe_values(path))
-    return Recipe(**values)
+        for section, values in recipe_tables(path).items():
+            tables[section].update(values)
+    return _validated(_recipe(tables), f"recipe {path.name}")
 
 
-def recipe_values(path: Path) -> dict[str, Any]:
-    """The recipe fields one TOML file sets, checked by name and type."""
+def recipe_tables(path: Path) -> dict[str, dict[str, Any]]:
+    """The knobs one TOML file sets, by table (every table present), checked by name and type."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"recipe {path.name} is not valid TOML: {err}") from None
-    values: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     for section, table in data.items():
         if section not in SECTIONS or not isinstance(table, dict):
             raise UserError(f"recipe {path.name}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        types = get_type_hints(SECTIONS[section])
         for key, value in table.items():
-            if key not in SECTIONS[section]:
+            if key not in types:
                 raise UserError(f"recipe {path.name}: unknown key '{key}' in [{section}]")
-            values[SECTIONS[section][key]] = checked(SECTIONS[section][key], value, f"recipe {path.name}")
-    return values
+            tables[section][key] = checked(key, value, types[key], f"recipe {path.name}")
+    return tables
 
 
 def with_overrides(recipe: Recipe, overrides: dict[str, Any], where: str = "option") -> Recipe:
-    """A copy of `recipe` with the non-None `overrides` applied, type-checked."""
-    values = recipe.to_json()
-    values.update({key: checked(key, value, where) for key, value in overrides.items() if value is not None})
-    return Recipe(**values)
+    """A copy of `recipe` with the non-None `overrides` (flat knob names, see FLAT_KEYS) applied and checked."""
+    tables = {section: asdict(getattr(recipe, section)) for section in SECTIONS}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in FLAT_KEYS:
+            raise UserError(f"{where}: unknown recipe key '{key}'; known: {', '.join(FLAT_KEYS)}")
+        section, field = FLAT_KEYS[key]
+        tables[section][field] = checked(key, value, get_type_hints(SECTIONS[section])[field], where)
+    return _validated(_recipe(tables), None)
 
 
-# Recipe field -> the Python type its value must have. (The annotations are strings here, under
-# `from __future__ import annotations`.)
-FIELD_TYPES = {f.name: {"str": str, "float": float, "int": int, "bool": bool}[f.type] for f in fields(Recipe)}
-
-
-def checked(key: str, value: Any, where: str) -> Any:
-    if key not in FIELD_TYPES:
-        raise UserError(f"{where}: unknown recipe key '{key}'; known: {', '.join(FIELD_TYPES)}")
-    expected = FIELD_TYPES[key]
+def checked(key: str, value: Any, expected: type, where: str) -> Any:
+    """`value` if it has the `expected` type (an int is accepted for a float: TOML writes 1 for 1.0)."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)  # TOML writes 1 for 1.0
+        value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise UserError(f"{where}: '{key}' must be {expected.__name__}, got {value!r}")
     return value
+
+
+def _recipe(tables: dict[str, dict[str, Any]]) -> Recipe:
+    return Recipe(**{section: cls(**tables[section]) for section, cls in SECTIONS.items()})
+
+
+def _validated(recipe: Recipe, where: str | None) -> Recipe:
+    """`recipe` with its quant type normalised, or a UserError naming the first bad value.
+
+    `where` (a recipe file) prefixes the message; without it the values came from command-line
+    options, and knobs are named by their flags.
+    """
+    try:
+        check_method(recipe.prune.method)
+        if recipe.train.loss not in LOSSES:
+            raise UserError(f"unknown loss '{recipe.train.loss}'; use \"kl\" or \"ce\"")
+        quant = check_quant_type(recipe.export.quant)
+    except UserError as err:
+        raise UserError(f"{where}: {err}" if where else str(err)) from None
+    for key in ("ffn_sparsity", "head_sparsity"):
+        check_sparsity(f"{where}: {key}" if where else "--" + key.replace("_", "-"), getattr(recipe.prune, key))
+    return replace(recipe, export=replace(recipe.export, quant=quant))

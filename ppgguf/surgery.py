@@ -1,9 +1,8 @@
 """Cut a model to a pruning plan: the pruned channels and heads are physically removed.
 
-Per layer, an FFN channel is gate row + up row + down column; a KV group is its K and V rows
-(and biases) plus the Q rows (and biases) and O columns of the query heads that share it, in the
-contiguous grouping of Hugging Face's `repeat_kv` and llama.cpp. The result is an ordinary
-transformers model whose Linear layers are smaller; its config states the new sizes.
+Every row and column coupled to a removed FFN channel or KV group (ppgguf.coupling) goes. The
+result is an ordinary transformers model whose Linear layers are smaller; its config states the
+new sizes.
 """
 
 from __future__ import annotations
@@ -11,18 +10,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .importance.common import decoder_layers, group_shape
+from .coupling import ROWS, Coupling, decoder_layers, group_shape, layer_couplings
 from .plan import PruningPlan
 
 
-def _linear_subset(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+def _linear_subset(linear: nn.Linear, index: torch.Tensor, axis: int) -> nn.Linear:
+    """A new Linear of the rows `index` (with their bias) or of the columns `index` of `linear`."""
     weight = linear.weight.data
     bias = linear.bias.data if linear.bias is not None else None
-    if rows is not None:
-        weight = weight[rows]
-        bias = bias[rows] if bias is not None else None
-    if cols is not None:
-        weight = weight[:, cols]
+    if axis == ROWS:
+        weight = weight[index]
+        bias = bias[index] if bias is not None else None
+    else:
+        weight = weight[:, index]
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     new.weight.data.copy_(weight)
     if bias is not None:
@@ -30,33 +30,24 @@ def _linear_subset(linear: nn.Linear, rows: torch.Tensor | None = None, cols: to
     return new
 
 
-def _rows_of_heads(heads: list[int], head_dim: int) -> torch.Tensor:
-    return torch.tensor([h * head_dim + d for h in heads for d in range(head_dim)], dtype=torch.long)
+def _keep(coupling: Coupling, keep: list[int]) -> None:
+    """Replace every projection of `coupling` by its rows or columns of the kept structures."""
+    for piece in coupling.slices:
+        setattr(piece.owner, piece.name, _linear_subset(piece.linear, piece.index(keep), piece.axis))
 
 
 @torch.no_grad()
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Prune `model` in place to `plan` and return it."""
-    n_groups, per_group, head_dim = group_shape(model)
-    layers = decoder_layers(model)
-    if len(plan.ffn_keep) != len(layers):
-        raise ValueError(f"plan has {len(plan.ffn_keep)} layers, model has {len(layers)}")
-    for layer, ffn_keep, kv_keep in zip(layers, plan.ffn_keep, plan.kv_keep):
-        mlp, attn = layer.mlp, layer.self_attn
-        channels = torch.tensor(ffn_keep, dtype=torch.long)
-        mlp.gate_proj = _linear_subset(mlp.gate_proj, rows=channels)
-        mlp.up_proj = _linear_subset(mlp.up_proj, rows=channels)
-        mlp.down_proj = _linear_subset(mlp.down_proj, cols=channels)
-
-        q_heads = [g * per_group + j for g in kv_keep for j in range(per_group)]
-        q_rows = _rows_of_heads(q_heads, head_dim)
-        kv_rows = _rows_of_heads(list(kv_keep), head_dim)
-        attn.q_proj = _linear_subset(attn.q_proj, rows=q_rows)
-        attn.k_proj = _linear_subset(attn.k_proj, rows=kv_rows)
-        attn.v_proj = _linear_subset(attn.v_proj, rows=kv_rows)
-        attn.o_proj = _linear_subset(attn.o_proj, cols=q_rows)
+    _, per_group, head_dim = group_shape(model)
+    couplings = layer_couplings(model)
+    if len(plan.ffn_keep) != len(couplings):
+        raise ValueError(f"plan has {len(plan.ffn_keep)} layers, model has {len(couplings)}")
+    for layer, (ffn, kv), ffn_keep, kv_keep in zip(decoder_layers(model), couplings, plan.ffn_keep, plan.kv_keep):
+        _keep(ffn, ffn_keep)
+        _keep(kv, kv_keep)
         # Query heads per KV head is unchanged, because whole groups go.
-        attn.num_key_value_groups = per_group
+        layer.self_attn.num_key_value_groups = per_group
 
     config = model.config
     config.head_dim = head_dim
@@ -86,3 +77,16 @@ def layer_widths(model: nn.Module) -> list[dict[str, int]]:
 def parameter_count(model: nn.Module) -> int:
     """Parameters counted once even when the embedding and output matrix are tied."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def predicted_parameters(model: nn.Module) -> int:
+    """Parameter count implied by the layer widths alone, to check that surgery removed what it should."""
+    config = model.config
+    hidden, head_dim = config.hidden_size, config.head_dim
+    has_bias = model.model.layers[0].self_attn.q_proj.bias is not None
+    total = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2) + hidden
+    for w in layer_widths(model):
+        q, kv = w["n_head"] * head_dim, w["n_head_kv"] * head_dim
+        total += 2 * hidden * q + 2 * hidden * kv + 3 * hidden * w["n_ff"] + 2 * hidden
+        total += (q + 2 * kv) if has_bias else 0
+    return total

@@ -48,15 +48,6 @@ class TokenizerSpec:
         for key, (value, vtype, sub_type) in self.fields.items():
             writer.add_key_value(key, value, vtype, sub_type)
 
-    @classmethod
-    def from_gguf(cls, reader: gguf.GGUFReader) -> "TokenizerSpec":
-        spec = cls()
-        for key, fld in reader.fields.items():
-            if key.startswith("tokenizer."):
-                sub_type = fld.types[1] if fld.types[0] == gguf.GGUFValueType.ARRAY else None
-                spec.set(key, fld.contents(), fld.types[0], sub_type)
-        return spec
-
 
 # Pre-tokenizer regexes of the byte-level BPE tokenizers we know -> llama.cpp's `tokenizer.ggml.pre`.
 # convert_hf_to_gguf identifies them by hashing a tokenization; matching the regex is the same idea

@@ -1,8 +1,8 @@
 """A tiny character GGUF for the bake / chat tests.
 
-A random 2-layer llama (hidden 64, vocabulary 49152, tied embeddings) carrying the real default base
-model's tokenizer, with the persona baked into its chat template and the ppgguf / sampling keys the
-build writes. Built once per process (about a second), in a directory the caller provides.
+A random 2-layer tiny llama (`tiny_models.make_model`, vocabulary 49152, tied embeddings) carrying
+the real default base model's tokenizer, with the persona baked into its chat template and the
+ppgguf / sampling keys the build writes. Built once per process (about a second), in a directory the caller provides.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import copy
 from pathlib import Path
 
 import gguf
-import torch
 
-from ppgguf.bake import bake_chat_template, sampling_metadata
 from ppgguf.base import resolve_base
+from ppgguf.chat_template import bake_chat_template
 from ppgguf.families import FAMILIES
+from ppgguf.gguf_file import read_header
+from ppgguf.sampling import sampling_metadata
 from ppgguf.tokenizer import TokenizerSpec
+from tiny_models import make_model
 
 NAME = "Captain Mirela Voss"
 # Jinja-looking text, quotes, backslashes, newlines and non-ASCII: all of it must survive as data.
@@ -33,20 +35,8 @@ _spec: list[TokenizerSpec] = []
 
 def base_spec() -> TokenizerSpec:
     if not _spec:
-        _spec.append(TokenizerSpec.from_gguf(gguf.GGUFReader(resolve_base(None))))
+        _spec.append(read_header(resolve_base(None), full=True).tokenizer_spec())
     return _spec[0]
-
-
-def tiny_model(vocab: int = 49152, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, rms_norm_eps=1e-5,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def build_npc(directory: Path, system_prompt: str = SYSTEM_PROMPT, greeting: str | None = GREETING,
@@ -70,6 +60,6 @@ def build_npc(directory: Path, system_prompt: str = SYSTEM_PROMPT, greeting: str
         extra["ppgguf.persona.greeting"] = greeting
     general = {"name": NAME, "license": "apache-2.0"}
     path = Path(directory) / f"{name}.gguf"
-    export_gguf(tiny_model(), FAMILIES["llama"], spec, path, "F32", general=general, extra=extra)
+    export_gguf(make_model("llama", 49152, tied=True, bos_token_id=1, eos_token_id=2), FAMILIES["llama"], spec, path, "F32", general=general, extra=extra)
     _cache[key] = path
     return path

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
+import torch
 
 import ppgguf.export
 from ppgguf.build import BuildOptions, build
+from ppgguf.errors import UserError
 from ppgguf.validate import ValidationError
 
-from conftest import tiny_recipe
+from tiny_models import tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 CHARACTER = REPO / "examples" / "captain_mirela.txt"
@@ -21,8 +26,7 @@ TINY_RECIPE = tiny_recipe("wanda-sp")
 
 
 @pytest.fixture
-def recipe_file(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
+def recipe_file(tmp_path) -> Path:
     path = tmp_path / "tiny-test.toml"
     path.write_text(TINY_RECIPE, encoding="utf-8")
     return path
@@ -110,3 +114,158 @@ def test_a_recipe_changes_only_the_knobs_it_names(tmp_path):
     # quick inherits the default's sparsity instead of repeating it
     quick = load_recipe("quick").to_json()
     assert quick["ffn_sparsity"] == default["ffn_sparsity"] and quick["steps"] < default["steps"]
+
+
+# --------------------------------------------------------------------------------------------
+# Defects of issue 15, each with the test that failed before its fix.
+
+PLAIN_TEMPLATE = (  # neither ChatML nor Llama 3: no Ollama TEMPLATE can be written for it
+    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def plain_template_base(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny llama checkpoint with a chat template of no format ppgguf knows."""
+    directory = tmp_path_factory.mktemp("plain-template") / "tiny-plain"
+    shutil.copytree(tiny_llama.dir, directory)
+    config_file = directory / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["chat_template"] = PLAIN_TEMPLATE
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    return directory
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_nothing_pruned_is_the_source_round_trip(tiny_llama, tmp_path, monkeypatch):
+    """Sparsity 0: no scoring, no healing, even when the recipe heals; the tensors are the source's."""
+    import ppgguf.prune
+
+    monkeypatch.setattr(ppgguf.prune, "get_scorer", lambda name: pytest.fail("a dense build scored channels"))
+    recipe = tmp_path / "dense.toml"
+    recipe.write_text(tiny_recipe("persona", "F32", heal=True, heal_steps=4), encoding="utf-8")
+    out = tmp_path / "dense.gguf"
+    result = build(BuildOptions(character=CHARACTER, out=out, recipe=str(recipe), device="cpu",
+                                overrides={"base": str(tiny_llama.dir), "ffn_sparsity": 0.0, "head_sparsity": 0.0}))
+    report = result.report
+    assert "score" not in report["seconds"] and "heal" not in report["seconds"]
+    assert "heal_loss_history" not in report["scoring"]
+    assert report["widths"] == report["dense_widths"]
+    assert report["validation"]["top1"] == 1.0 and report["validation"]["kl_mean"] < 1e-3
+    source = tmp_path / "source.f32.gguf"
+    ppgguf.export.export_gguf(tiny_llama.fresh(), tiny_llama.base.family, tiny_llama.base.tokenizer_spec, source, "F32")
+    built, expected = _tensors(out), _tensors(source)
+    assert built.keys() == expected.keys()
+    assert all(np.array_equal(built[name], expected[name]) for name in expected)
+
+
+def test_report_has_the_dense_widths(tiny_llama, recipe_file, tmp_path):
+    out = tmp_path / "mirela.gguf"
+    report = build(BuildOptions(character=CHARACTER, out=out, recipe=str(recipe_file), device="cpu",
+                                overrides={"base": str(tiny_llama.dir)})).report
+    assert [w["n_ff"] for w in report["dense_widths"]] == [256, 256]
+    assert [w["n_ff"] for w in report["widths"]] == [128, 128]
+
+
+def test_unknown_chat_format_skips_the_modelfile_and_places_the_rest(plain_template_base, recipe_file, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "mirela.gguf"
+    messages: list[str] = []
+    result = build(BuildOptions(character=CHARACTER, out=out, recipe=str(recipe_file), device="cpu",
+                                overrides={"base": str(plain_template_base)}), progress=messages.append)
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "mirela.gguf", "mirela.gguf.png", "mirela.gguf.report.json", "mirela.md"]
+    assert any("no Ollama Modelfile" in w for w in result.report["warnings"])
+    assert any("Warning" in m and "Modelfile" in m for m in messages[:3])  # said before the long stages
+    assert [Path(p).name for p in result.report["companions"]] == ["mirela.md", "mirela.gguf.png"]
+
+
+def test_a_persona_quoting_chatml_does_not_make_the_base_chatml(plain_template_base, recipe_file, tmp_path):
+    """The chat format comes from the base's template, not from the baked one that holds the persona."""
+    character = tmp_path / "quoter.txt"
+    character.write_text("Name: Quoter\nQuoter is a terse archivist who collects odd strings such as "
+                         "<|im_start|> and <|im_end|> and recites them on request.\n", encoding="utf-8")
+    out = tmp_path / "quoter.gguf"
+    build(BuildOptions(character=character, out=out, recipe=str(recipe_file), device="cpu",
+                       overrides={"base": str(plain_template_base)}))
+    assert out.is_file() and not out.with_name("quoter.Modelfile").exists()
+
+
+def test_a_failure_while_writing_companions_places_nothing(tiny_llama, recipe_file, tmp_path, monkeypatch):
+    import ppgguf.build
+
+    def broken_card(report):
+        raise RuntimeError("model card failed")
+
+    monkeypatch.setattr(ppgguf.build, "model_card_text", broken_card)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(RuntimeError, match="model card failed"):
+        build(BuildOptions(character=CHARACTER, out=out_dir / "mirela.gguf", recipe=str(recipe_file), device="cpu",
+                           overrides={"base": str(tiny_llama.dir)}))
+    assert list(out_dir.iterdir()) == []
+
+
+def _teacher_with_other_vocabulary(tiny_llama, path: Path) -> Path:
+    spec = copy.deepcopy(tiny_llama.base.tokenizer_spec)
+    tokens = list(spec.tokens)
+    tokens[10], tokens[11] = tokens[11], tokens[10]
+    spec.set(gguf.Keys.Tokenizer.LIST, tokens, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+    ppgguf.export.export_gguf(tiny_llama.fresh(), tiny_llama.base.family, spec, path, "F16")
+    return path
+
+
+def test_a_teacher_with_another_vocabulary_is_refused_before_any_work(tiny_llama, tmp_path):
+    teacher = _teacher_with_other_vocabulary(tiny_llama, tmp_path / "teacher.gguf")
+    recipe = tmp_path / "persona.toml"
+    recipe.write_text(tiny_recipe("persona"), encoding="utf-8")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(UserError, match="another tokenizer than the base model"):
+        build(BuildOptions(character=CHARACTER, out=out_dir / "m.gguf", recipe=str(recipe), device="cpu",
+                           overrides={"base": str(tiny_llama.dir), "teacher": str(teacher)}))
+    assert list(out_dir.iterdir()) == []
+    assert not (tmp_path / "home" / "calibration").exists()
+
+
+def test_the_calibration_cache_follows_the_teacher_content(tiny_llama, chat_tokenizer, tmp_path, monkeypatch):
+    import ppgguf.calibrate
+    from ppgguf.persona import persona_from_text
+    from ppgguf.recipe import load_recipe, with_overrides
+
+    calls = []
+    monkeypatch.setattr(ppgguf.calibrate, "persona_calibration",
+                        lambda *a, **k: calls.append(1) or [{"question": "q", "answer": "a", "divergence": 0.0}])
+    teacher = tmp_path / "teacher.gguf"
+    persona = persona_from_text(CHARACTER.read_text(encoding="utf-8"))
+    settings = with_overrides(load_recipe(), {"teacher": str(teacher)}).calibration
+    base = tiny_llama.base
+    for seed in (1, 2):  # the same path, other weights
+        model = tiny_llama.fresh()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+        ppgguf.export.export_gguf(model, base.family, base.tokenizer_spec, teacher, "F16")
+        ppgguf.calibrate.cached_persona_calibration(base, chat_tokenizer, persona, settings, 0)
+    ppgguf.calibrate.cached_persona_calibration(base, chat_tokenizer, persona, settings, 0)
+    assert len(calls) == 2  # a new teacher file is a new calibration set; the same one is reused
+
+
+def test_the_time_left_counts_only_the_steps(monkeypatch):
+    """Work before the first step (calibration, the dense pass) does not enter the estimate."""
+    import ppgguf.stages
+
+    now = [0.0]
+    monkeypatch.setattr(ppgguf.stages.time, "perf_counter", lambda: now[0])
+    messages: list[str] = []
+    report = ppgguf.stages.step_reporter("Learning masks", messages.append)
+    now[0] = 600.0  # ten minutes of calibration before the first step ends
+    report(1, 10, 0.5)
+    now[0] = 602.0  # then 2 s per step
+    report(2, 10, 0.4)
+    assert "about 0.3 min left" in messages[-1]  # 8 steps x 2 s, not 8 x 301 s

@@ -12,7 +12,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from typer.testing import CliRunner
 
 from ppgguf.cli import app
-from test_persona import _b64, make_png, text_chunk
+from card_fixtures import b64_json as _b64, make_png, text_chunk
 from test_reliability import MAGNITUDE_RECIPE
 
 CARD = {
@@ -49,8 +49,7 @@ def _text(tmp_path):
     (_v3_json, "Come in out of the rain, User. The kettle is on."),
     (_text, None),
 ])
-def test_character_file_builds_a_gguf_with_the_persona(make_character, greeting, tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
+def test_character_file_builds_a_gguf_with_the_persona(make_character, greeting, tiny_llama, tmp_path):
     character = make_character(tmp_path)
     recipe = tmp_path / "magnitude.toml"
     recipe.write_text(MAGNITUDE_RECIPE)

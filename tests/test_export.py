@@ -16,13 +16,13 @@ import ppgguf.export
 from ppgguf.cli import app
 from ppgguf.errors import UserError
 from ppgguf.export import export_gguf
-from ppgguf.quantize import QUANT_TYPES, check_quant_type, quantize
 from ppgguf.families import FAMILIES
+from ppgguf.gguf_file import read_header
+from ppgguf.quantize import QUANT_TYPES, check_quant_type, quantize
 from ppgguf.surgery import apply_plan, layer_widths
-from ppgguf.tokenizer import TokenizerSpec
 from ppgguf.validate import ValidationError, agreement, gguf_logits_all, torch_logits, validate_gguf
 
-from conftest import make_model
+from tiny_models import make_model
 from test_surgery import per_layer_plan, uniform_plan
 
 # (family, plan kind) -> the architecture llama.cpp must be given
@@ -107,7 +107,7 @@ def test_qwen2_biases_reach_llama_cpp(exported, token_sequences):
 
 def test_export_f16_halves_matrices(exported, tmp_path):
     path32, model, _, _ = exported("llama", "uniform")
-    spec = TokenizerSpec.from_gguf(gguf.GGUFReader(path32))
+    spec = read_header(path32, full=True).tokenizer_spec()
     path16 = tmp_path / "m.f16.gguf"
     export_gguf(model, FAMILIES["llama"], spec, path16, "F16")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path16).tensors}

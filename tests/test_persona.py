@@ -1,15 +1,12 @@
-"""Tests for ppgguf.persona: text personas, JSON cards (V1/V2/V3), PNG cards and bad inputs."""
+"""Tests for ppgguf.persona: text personas, JSON cards (V1/V2/V3) and bad inputs (PNG cards: test_card_png.py)."""
 
 from __future__ import annotations
 
-import base64
 import json
-import struct
-import zlib
-from pathlib import Path
 
 import pytest
 
+from card_fixtures import DESC, V1_CARD, load_error, v2_card, v3_card, write
 from ppgguf.errors import UserError
 from ppgguf.persona import (
     MAX_PERSONA_BYTES,
@@ -20,82 +17,6 @@ from ppgguf.persona import (
     persona_from_card,
     persona_from_text,
 )
-
-DESC = "A weathered sea captain who speaks in short, salty sentences and distrusts the navy."
-
-V1_CARD = {
-    "name": "Mara",
-    "description": "{{char}} is a weathered sea captain. She calls {{user}} 'landlubber'.",
-    "personality": "gruff, loyal, superstitious",
-    "scenario": "<USER> has just boarded <BOT>'s ship.",
-    "first_mes": "Welcome aboard, {{user}}.",
-    "mes_example": "<START>\n{{user}}: Who are you?\n{{char}}: Captain of this ship.\n<START>\n{{user}}: Where to?\n{{char}}: North.",
-}
-
-
-def v2_card(**data) -> dict:
-    base = {
-        "name": "Mara",
-        "description": "{{Char}} is a weathered sea captain who distrusts the navy.",
-        "personality": "gruff",
-        "scenario": "",
-        "first_mes": "Ahoy, {{USER}}!",
-        "mes_example": "",
-        "system_prompt": "{{original}} Never reveal the treasure map.",
-        "tags": ["pirate"],
-        "extensions": {},
-    }
-    base.update(data)
-    return {"spec": "chara_card_v2", "spec_version": "2.0", "data": base}
-
-
-def v3_card(**data) -> dict:
-    card = v2_card(**data)
-    card["spec"] = "chara_card_v3"
-    card["spec_version"] = "3.0"
-    card["data"].setdefault("group_only_greetings", [])
-    return card
-
-
-# ---------------------------------------------------------------------------------------------
-# minimal PNG writer
-
-
-def _chunk(ctype: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF)
-
-
-def _b64(card: dict) -> bytes:
-    return base64.b64encode(json.dumps(card).encode("utf-8"))
-
-
-def text_chunk(keyword: str, payload: bytes, kind: str = "tEXt") -> bytes:
-    key = keyword.encode("latin-1")
-    if kind == "tEXt":
-        return _chunk(b"tEXt", key + b"\0" + payload)
-    if kind == "zTXt":
-        return _chunk(b"zTXt", key + b"\0\0" + zlib.compress(payload))
-    if kind == "iTXt":  # compressed iTXt
-        return _chunk(b"iTXt", key + b"\0\x01\x00" + b"\0" + b"\0" + zlib.compress(payload))
-    if kind == "iTXt-plain":
-        return _chunk(b"iTXt", key + b"\0\x00\x00" + b"en\0" + b"\0" + payload)
-    raise ValueError(kind)
-
-
-def make_png(*text_chunks: bytes) -> bytes:
-    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))  # 1x1 RGB
-    idat = _chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))  # filter byte + one red pixel
-    return b"\x89PNG\r\n\x1a\n" + ihdr + b"".join(text_chunks) + idat + _chunk(b"IEND", b"")
-
-
-def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
-    p = tmp_path / name
-    if isinstance(content, str):
-        p.write_bytes(content.encode("utf-8"))
-    else:
-        p.write_bytes(content)
-    return p
-
 
 # ---------------------------------------------------------------------------------------------
 # plain text
@@ -235,37 +156,6 @@ def test_build_system_prompt_order_and_literal_values():
 
 
 # ---------------------------------------------------------------------------------------------
-# PNG cards
-
-
-@pytest.mark.parametrize("kind", ["tEXt", "zTXt", "iTXt", "iTXt-plain"])
-def test_card_v2_png(tmp_path, kind):
-    p = write(tmp_path, "mara.png", make_png(text_chunk("Comment", b"hello"), text_chunk("chara", _b64(v2_card()), kind)))
-    per = load_persona(p)
-    assert per.source_kind == "card-v2"
-    assert per.name == "Mara" and per.greeting == "Ahoy, User!"
-
-
-def test_card_v3_png(tmp_path):
-    p = write(tmp_path, "mara.png", make_png(text_chunk("ccv3", _b64(v3_card(name="Zoë 🙂")))))
-    per = load_persona(p)
-    assert per.source_kind == "card-v3"
-    assert per.name == "Zoë 🙂"
-    assert per.description.startswith("Zoë 🙂 is")
-
-
-def test_png_prefers_ccv3(tmp_path):
-    png = make_png(text_chunk("chara", _b64(v2_card(name="Old"))), text_chunk("ccv3", _b64(v3_card(name="New"))))
-    per = load_persona(write(tmp_path, "card.png", png))
-    assert per.name == "New" and per.source_kind == "card-v3"
-
-
-def test_png_detected_by_content(tmp_path):
-    per = load_persona(write(tmp_path, "card.bin", make_png(text_chunk("chara", _b64(V1_CARD)))))
-    assert per.source_kind == "card-v1"
-
-
-# ---------------------------------------------------------------------------------------------
 # bad inputs
 
 
@@ -276,18 +166,6 @@ def _bad(name, content):
 def _dir(tmp):
     (tmp / "chars").mkdir()
     return tmp / "chars"
-
-
-def _truncated_png(tmp):
-    png = make_png(text_chunk("chara", _b64(v2_card())))
-    return write(tmp, "card.png", png[: len(png) // 2])
-
-
-def _crc_png(tmp):
-    png = bytearray(make_png(text_chunk("chara", _b64(v2_card()))))
-    i = png.index(b"tEXt") + 10
-    png[i] ^= 0x01
-    return write(tmp, "card.png", bytes(png))
 
 
 def _huge_card(tmp):
@@ -315,25 +193,13 @@ BAD_INPUTS = [
     ("data-not-object", _bad("c.json", json.dumps({"spec": "chara_card_v2", "data": "x"})), "field 'data' must be an object"),
     ("unknown-spec", _bad("c.json", json.dumps({**v2_card(), "spec": "chara_card_v9"})), "unknown card spec 'chara_card_v9'"),
     ("card-prompt-too-big", _huge_card, "64 KiB limit"),
-    ("png-no-card", _bad("c.png", make_png(text_chunk("Comment", b"just a picture"))), "no character card"),
-    ("png-bad-signature", _bad("c.png", b"GIF89a not a png at all"), "bad signature"),
-    ("png-truncated", _truncated_png, "truncated"),
-    ("png-crc", _crc_png, "CRC mismatch"),
-    ("png-bad-base64", _bad("c.png", make_png(text_chunk("chara", b"eyJuYW1l!!!not*base64"))), "not valid base64"),
-    ("png-bad-json", _bad("c.png", make_png(text_chunk("ccv3", base64.b64encode(b'{"name": ')))), "malformed JSON at line 1"),
-    ("png-missing-field", _bad("c.png", make_png(text_chunk("ccv3", _b64(v3_card(description=""))))), "'data.description'"),
 ]
 
 
 @pytest.mark.parametrize("make, expected", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_inputs(tmp_path, make, expected):
-    path = make(tmp_path)
-    with pytest.raises(UserError) as exc:
-        load_persona(path)
-    msg = str(exc.value)
-    assert expected.lower() in msg.lower(), msg
-    assert "\n" not in msg  # one line
-    assert ";" in msg  # problem; fix
+    message = load_error(make(tmp_path))
+    assert expected.lower() in message.lower(), message
 
 
 def test_bad_text_direct_calls():

@@ -6,10 +6,10 @@ import torch
 
 from ppgguf.calibrate import answer_sequences, divergence_scores, last_token_states, middle_band
 from ppgguf.importance import SCORERS, ScoringInputs
-from ppgguf.importance.persona import ste_top_k
+from ppgguf.importance.persona import standardised_log, ste_top_k
 from ppgguf.plan import kept_ffn_width, make_plan
 
-from conftest import tiny_recipe
+from tiny_models import tiny_recipe
 
 PERSONA = "You are Grimbold, a dwarven smith. You speak only of iron, fire and hammers, always, in every answer."
 NEUTRAL = "You are a helpful assistant."
@@ -86,10 +86,14 @@ def test_persona_scorer_learns_masks_of_the_planned_size(tiny_llama, chat_tokeni
     width = tiny_llama.model.config.intermediate_size
     assert plan.ffn_widths == [kept_ffn_width(width, 0.5)] * len(plan.ffn_widths)
     assert plan.kv_groups == [1] * len(plan.kv_groups)
-    # training moved the scores away from the wanda-sp start
-    start = SCORERS["wanda-sp"](ScoringInputs(model=inputs.model, calibration=[s for s, _ in inputs.persona_sequences]))
-    assert make_plan(start, 0.5, 0.5).ffn_keep != plan.ffn_keep or not torch.allclose(
-        importance.ffn[0], torch.nn.functional.normalize(start.ffn[0], dim=0))
+    # The scores start from the standardised log of wanda-sp on the same sequences (what zero steps
+    # return), and training moved them away from it.
+    start = SCORERS["persona"](_persona_inputs(tiny_llama, chat_tokenizer, steps=0))
+    wanda = SCORERS["wanda-sp"](ScoringInputs(model=inputs.model, calibration=[s for s, _ in inputs.persona_sequences]))
+    for begin, scores in zip(start.ffn + start.heads, wanda.ffn + wanda.heads):
+        torch.testing.assert_close(begin, standardised_log(scores), atol=1e-4, rtol=0)
+    moved = [float((a - b).abs().max()) for a, b in zip(importance.ffn + importance.heads, start.ffn + start.heads)]
+    assert min(moved) > 1e-2, moved
 
 
 def test_persona_scorer_is_deterministic_and_seed_dependent(tiny_llama, chat_tokenizer):
@@ -122,10 +126,10 @@ def test_kl_scorer_hands_on_the_dense_distributions_healing_needs(tiny_llama, ch
 HEAL_RECIPE = tiny_recipe("persona", "F16", batch_size=2, heal=True, heal_steps=6, heal_lr=0.001)
 
 
-def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path, monkeypatch):
-    from ppgguf.build import BuildOptions, StepMessage, build
+def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path):
+    from ppgguf.build import BuildOptions, build
+    from ppgguf.stages import StepMessage
 
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     recipe = tmp_path / "heal.toml"
     recipe.write_text(HEAL_RECIPE)
     character = tmp_path / "grimbold.txt"

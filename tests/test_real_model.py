@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from ppgguf.base import resolve_base
 from ppgguf.calibrate import validation_sequences
 from ppgguf.cli import app
+from ppgguf.gguf_file import read_header
 from ppgguf.persona import load_persona
 from ppgguf.quantize import quantize
-from ppgguf.tokenizer import ChatTokenizer, TokenizerSpec
+from ppgguf.tokenizer import ChatTokenizer
 from ppgguf.validate import agreement, gguf_logits_all
 
 pytestmark = pytest.mark.real_model
@@ -88,9 +89,7 @@ def test_dense_round_trip_matches_source(home):
     src = resolve_base(None)
     src_f16 = home / "source.f16.gguf"
     quantize(src, src_f16, "F16", allow_requantize=True)
-    import gguf
-
-    tokenizer = ChatTokenizer(TokenizerSpec.from_gguf(gguf.GGUFReader(src)), src)
+    tokenizer = ChatTokenizer(read_header(src, full=True).tokenizer_spec(), src)
     sequences = validation_sequences(tokenizer, load_persona(CHARACTER), 3)
     result = agreement(gguf_logits_all(src_f16, sequences), gguf_logits_all(out, sequences))
     assert result.top1 >= 0.995 and result.kl_mean < 1e-3, result

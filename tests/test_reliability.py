@@ -30,14 +30,15 @@ import torch
 from typer.testing import CliRunner
 
 import ppgguf.build
-from ppgguf.bake import modelfile_fields
+import ppgguf.output
 from ppgguf.build import BuildOptions, build
 from ppgguf.cli import app
 from ppgguf.errors import UserError
 from ppgguf.export import export_gguf
 from ppgguf.persona import load_persona
 
-from conftest import tiny_recipe
+from tiny_models import tiny_recipe
+from modelfile_parser import modelfile_fields
 
 REPO = Path(__file__).resolve().parent.parent
 CHARACTER = REPO / "examples" / "captain_mirela.txt"
@@ -166,8 +167,7 @@ def _nothing_written(out_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_gives_one_line_error(case, tiny_llama, tiny_gguf, tmp_path, monkeypatch):
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
+def test_bad_input_gives_one_line_error(case, tiny_llama, tiny_gguf, tmp_path):
     make, pattern = BAD_INPUTS[case]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -191,26 +191,24 @@ def test_bad_input_gives_one_line_error(case, tiny_llama, tiny_gguf, tmp_path, m
 
 def test_output_dir_not_writable(tiny_llama, tmp_path, monkeypatch):
     """A read-only directory; as root, chmod does not stop writes, so the probe is what is tested."""
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_mkstemp = ppgguf.build.tempfile.mkstemp
+    real_mkstemp = ppgguf.output.tempfile.mkstemp
 
     def refuse(*args, dir=None, **kwargs):  # what a read-only directory answers a non-root user
         if dir is not None and Path(dir) == locked:
             raise PermissionError(13, "Permission denied", str(dir))
         return real_mkstemp(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(ppgguf.build.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(ppgguf.output.tempfile, "mkstemp", refuse)
     args = ["build", CHARACTER, "--out", locked / "npc.gguf", "--base", tiny_llama.dir, "--device", "cpu"]
     _assert_one_line_error(_invoke(args), r"not writable")
     _nothing_written(locked)
 
 
 def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(ppgguf.build.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
+    monkeypatch.setattr(ppgguf.output.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
@@ -221,7 +219,6 @@ def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
 
 def test_device_cuda_without_gpu(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_llama.dir, "--device", "cuda"]
@@ -229,8 +226,7 @@ def test_device_cuda_without_gpu(tiny_llama, tmp_path, monkeypatch):
     _nothing_written(out_dir)
 
 
-def test_debug_shows_the_traceback(tmp_path, monkeypatch):
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
+def test_debug_shows_the_traceback(tmp_path):
     result = _invoke(["build", tmp_path / "nobody.txt", "--out", tmp_path / "npc.gguf", "--debug"])
     assert result.exit_code != 0
     assert isinstance(result.exception, UserError) and "not found" in str(result.exception)
@@ -386,7 +382,7 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     assert "- Reusing the pruning plan" in text, text
     assert "Reusing the exported GGUF" not in text, "a half-written export must not be reused"
     _no_output(out_dir)  # the quantized file waits for validation in the run directory, not beside the output
-    assert list(work.glob("mirela.Q8_0.gguf.partial"))
+    assert list(work.glob("staged/mirela.Q8_0.gguf.partial"))
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     text = log3.read_text(encoding="utf-8", errors="replace")
@@ -466,8 +462,7 @@ TRICKY_PERSONA = (
 )
 
 
-def test_persona_text_survives_unchanged(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
+def test_persona_text_survives_unchanged(tiny_llama, tmp_path):
     character = write(tmp_path / "zoe.txt", TRICKY_PERSONA)
     persona = load_persona(character)
     for piece in ("{{ user }}", "{% raw %}", '"hello"', "C:\\temp\\new", "東京", "🙂", "}} {{"):
@@ -495,7 +490,6 @@ def test_persona_text_survives_unchanged(tiny_llama, tmp_path, monkeypatch):
 
 def test_disk_full_mid_build_is_one_line(tiny_llama, tmp_path, monkeypatch):
     """An OSError from the machine (here ENOSPC while exporting) is reported on one line, nothing left behind."""
-    monkeypatch.setenv("PPGGUF_HOME", str(tmp_path / "home"))
 
     def full(model, family, spec, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppgguf.build import predicted_parameters
+from ppgguf.surgery import predicted_parameters
+from ppgguf.coupling import COLUMNS, ROWS, layer_couplings
 from ppgguf.errors import UserError
 from ppgguf.importance import SCORERS, ScoringInputs, get_scorer
 from ppgguf.plan import FFN_MULTIPLE, Importance, PruningPlan, make_plan
 from ppgguf.surgery import apply_plan, layer_widths, parameter_count
 
-from conftest import HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS
+from tiny_models import HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS
 
 HEAD_DIM = HIDDEN // HEADS
 PER_GROUP = HEADS // KV_HEADS
@@ -134,6 +135,24 @@ def test_wanda_sp_picks_channel_with_large_activation(tiny_llama, token_sequence
     # wanda-sp is activation-aware: without calibration text it refuses
     with pytest.raises(ValueError):
         SCORERS["wanda-sp"](ScoringInputs(model=model, calibration=[]))
+
+
+# ---------------------------------------------------------------- coupling
+
+
+def test_coupling_names_every_projection_once_with_its_rows_or_columns(tiny):
+    model = tiny.model
+    for layer, (ffn, kv) in zip(model.model.layers, layer_couplings(model)):
+        linears = {id(m) for m in layer.modules() if isinstance(m, torch.nn.Linear)}
+        assert sorted(id(s.linear) for s in ffn.slices + kv.slices) == sorted(linears)
+        assert [(s.name, s.axis) for s in ffn.slices] == [("gate_proj", ROWS), ("up_proj", ROWS), ("down_proj", COLUMNS)]
+        assert ffn.consumer.name == "down_proj" and kv.consumer.name == "o_proj"
+        q, k, v, o = kv.slices
+        # KV group 1 owns query heads 2 and 3 (contiguous grouping), its own K and V head, their O columns
+        group_1_heads = list(range(PER_GROUP * HEAD_DIM, 2 * PER_GROUP * HEAD_DIM))
+        assert q.index([1]).tolist() == o.index([1]).tolist() == group_1_heads
+        assert k.index([1]).tolist() == v.index([1]).tolist() == list(range(HEAD_DIM, 2 * HEAD_DIM))
+        assert ffn.slices[0].index([5, 9]).tolist() == [5, 9]
 
 
 # ---------------------------------------------------------------- surgery

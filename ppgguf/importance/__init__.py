@@ -1,8 +1,9 @@
 """Importance scorers: how much each FFN channel and each KV head group matters.
 
-Each scorer is one module with one function `score(inputs) -> Importance`; it never changes the
-model. `ppgguf.plan` turns scores into kept indices and `ppgguf.surgery` cuts, so a new scorer is
-one new module and one line in `SCORERS`.
+Each scorer is one module with one function `score(inputs) -> Importance` and a constant `DATA`, the
+calibration data it reads: None, "generic" (generic text) or "persona" (the persona calibration
+set). A scorer never changes the model. `ppgguf.plan` turns scores into kept indices and
+`ppgguf.surgery` cuts, so a new scorer is one new module and one line in `_MODULES`.
 """
 
 from __future__ import annotations
@@ -14,21 +15,24 @@ from ..plan import Importance
 from . import magnitude, persona, random_scores, wanda_sp
 from .common import ScoringInputs
 
-SCORERS: dict[str, Callable[[ScoringInputs], Importance]] = {
-    "persona": persona.score,
-    "wanda-sp": wanda_sp.score,
-    "magnitude": magnitude.score,
-    "random": random_scores.score,
-}
+_MODULES = {"persona": persona, "wanda-sp": wanda_sp, "magnitude": magnitude, "random": random_scores}
+SCORERS: dict[str, Callable[[ScoringInputs], Importance]] = {name: m.score for name, m in _MODULES.items()}
 
-# The calibration data each scorer reads: none, the generic text, or the persona calibration set.
-DATA_NEEDED = {"persona": "persona", "wanda-sp": "generic", "magnitude": None, "random": None}
+
+def check_method(name: str) -> None:
+    if name not in _MODULES:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(_MODULES)}")
 
 
 def get_scorer(name: str) -> Callable[[ScoringInputs], Importance]:
-    if name not in SCORERS:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(SCORERS)}")
+    check_method(name)
     return SCORERS[name]
 
 
-__all__ = ["DATA_NEEDED", "SCORERS", "ScoringInputs", "get_scorer", "Importance"]
+def data_needed(name: str) -> str | None:
+    """The calibration data the scorer `name` reads: None, "generic" or "persona"."""
+    check_method(name)
+    return _MODULES[name].DATA
+
+
+__all__ = ["SCORERS", "ScoringInputs", "check_method", "data_needed", "get_scorer", "Importance"]

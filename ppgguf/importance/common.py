@@ -1,4 +1,4 @@
-"""What every scorer receives, and the layer structure scorers read from."""
+"""What every scorer receives: the dense model, calibration data, targets and knobs."""
 
 from __future__ import annotations
 
@@ -25,14 +25,3 @@ class ScoringInputs:
     # persona scorer fills this in with its KL loss, so healing can reuse it instead of a second pass.
     dense_answer_logprobs: list[torch.Tensor] | None = None
 
-
-def decoder_layers(model: torch.nn.Module):
-    return model.model.layers
-
-
-def group_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(number of KV groups, query heads per group, head dimension) of the dense model."""
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    n_kv = config.num_key_value_heads
-    return n_kv, config.num_attention_heads // n_kv, head_dim

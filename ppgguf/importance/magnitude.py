@@ -1,32 +1,26 @@
 """Structured magnitude: the L1 norm of every weight that leaves with a channel or head group.
 
-An FFN channel j owns gate row j, up row j and down column j; a KV group owns its K and V rows and
-the Q rows and O columns of its query heads (the "magnitude-sp" baseline of structured-pruning
-papers). Data-free.
+Every row and column coupled to a structure (ppgguf.coupling: gate row, up row and down column of
+an FFN channel; K, V and Q rows and O columns of a KV group) counts: the "magnitude-sp" baseline of
+structured-pruning papers. Data-free.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..coupling import Coupling, layer_couplings, per_structure
 from ..plan import Importance
-from .common import ScoringInputs, decoder_layers, group_shape
+from .common import ScoringInputs
+
+DATA = None
+
+
+def _l1_norms(coupling: Coupling) -> torch.Tensor:
+    return sum(per_structure(s.linear.weight.abs().sum(1 - s.axis), s.unit) for s in coupling.slices)
 
 
 @torch.no_grad()
 def score(inputs: ScoringInputs) -> Importance:
-    n_groups, _, _ = group_shape(inputs.model)
-    ffn, heads = [], []
-    for layer in decoder_layers(inputs.model):
-        mlp, attn = layer.mlp, layer.self_attn
-        ffn.append(
-            mlp.gate_proj.weight.abs().sum(1) + mlp.up_proj.weight.abs().sum(1) + mlp.down_proj.weight.abs().sum(0)
-        )
-        per_group = [
-            attn.q_proj.weight.abs().sum(1),
-            attn.k_proj.weight.abs().sum(1),
-            attn.v_proj.weight.abs().sum(1),
-            attn.o_proj.weight.abs().sum(0),
-        ]
-        heads.append(sum(p.reshape(n_groups, -1).sum(1) for p in per_group))
-    return Importance(ffn=ffn, heads=heads)
+    couplings = layer_couplings(inputs.model)
+    return Importance(ffn=[_l1_norms(ffn) for ffn, _ in couplings], heads=[_l1_norms(kv) for _, kv in couplings])

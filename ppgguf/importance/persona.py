@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from ..answer_batches import (
     answer_distributions, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches,
 )
+from ..coupling import Slice, group_shape, layer_couplings, per_entry
 from ..plan import Importance, kept_ffn_width, kept_kv_groups
 from . import wanda_sp
-from .common import ScoringInputs, decoder_layers, group_shape
+from .common import ScoringInputs
+
+DATA = "persona"
 
 
 class _StraightThroughTopK(torch.autograd.Function):
@@ -52,7 +55,7 @@ def _autocast(device: str):
     return contextlib.nullcontext()
 
 
-def _standardised_log(scores: torch.Tensor) -> torch.Tensor:
+def standardised_log(scores: torch.Tensor) -> torch.Tensor:
     logs = scores.float().clamp_min(1e-12).log()
     return (logs - logs.mean()) / logs.std().clamp_min(1e-6)
 
@@ -61,25 +64,17 @@ class _Masks:
     """Forward pre-hooks that multiply the inputs of down_proj and o_proj by the current masks."""
 
     def __init__(self, model, ffn_scores, head_scores, ffn_k, kv_k):
-        n_groups, per_group, head_dim = group_shape(model)
+        n_groups, _, _ = group_shape(model)
         self.handles = []
-        for layer, f_scores, h_scores in zip(decoder_layers(model), ffn_scores, head_scores):
-            self.handles.append(layer.mlp.down_proj.register_forward_pre_hook(self._ffn_hook(f_scores, ffn_k)))
+        for (ffn, kv), f_scores, h_scores in zip(layer_couplings(model), ffn_scores, head_scores):
+            self._mask_input(ffn.consumer, f_scores, ffn_k)
             if kv_k < n_groups:
-                columns = per_group * head_dim
-                self.handles.append(
-                    layer.self_attn.o_proj.register_forward_pre_hook(self._head_hook(h_scores, kv_k, columns))
-                )
+                self._mask_input(kv.consumer, h_scores, kv_k)
 
-    def _ffn_hook(self, scores, k):
+    def _mask_input(self, consumer: Slice, scores: torch.Tensor, k: int) -> None:
         def hook(_module, args):
-            return (args[0] * ste_top_k(scores, k).to(args[0].dtype),)
-        return hook
-
-    def _head_hook(self, scores, k, columns):
-        def hook(_module, args):
-            return (args[0] * ste_top_k(scores, k).repeat_interleave(columns).to(args[0].dtype),)
-        return hook
+            return (args[0] * per_entry(ste_top_k(scores, k), consumer.unit).to(args[0].dtype),)
+        self.handles.append(consumer.linear.register_forward_pre_hook(hook))
 
     def remove(self):
         for handle in self.handles:
@@ -123,8 +118,8 @@ def score(inputs: ScoringInputs) -> Importance:
         teacher = [None] * len(sequences)  # cross-entropy needs no teacher
         del dense  # about 1 GB for the default model
     start = wanda_sp.from_norms(model, norms)
-    ffn_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.ffn]
-    head_scores = [torch.nn.Parameter(_standardised_log(s).to(inputs.device)) for s in start.heads]
+    ffn_scores = [torch.nn.Parameter(standardised_log(s).to(inputs.device)) for s in start.ffn]
+    head_scores = [torch.nn.Parameter(standardised_log(s).to(inputs.device)) for s in start.heads]
     trainable = ffn_scores + (head_scores if kv_k < n_groups else [])
     if ffn_k == model.config.intermediate_size and kv_k == n_groups:
         return start  # nothing is pruned: there is no boundary to learn

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..coupling import decoder_layers, group_shape
 from ..plan import Importance
-from .common import ScoringInputs, decoder_layers, group_shape
+from .common import ScoringInputs
+
+DATA = None
 
 
 def score(inputs: ScoringInputs) -> Importance:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from ..coupling import Slice, layer_couplings, per_structure
 from ..plan import Importance
-from .common import ScoringInputs, decoder_layers, group_shape
+from .common import ScoringInputs
+
+DATA = "generic"
 
 
 class InputNorms:
@@ -24,9 +27,9 @@ class InputNorms:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.layers = decoder_layers(model)
-        self.down_sq: list = [None] * len(self.layers)
-        self.o_sq: list = [None] * len(self.layers)
+        self.couplings = layer_couplings(model)
+        self.down_sq: list = [None] * len(self.couplings)
+        self.o_sq: list = [None] * len(self.couplings)
         self.weights: torch.Tensor | None = None
         self._handles = []
 
@@ -45,9 +48,9 @@ class InputNorms:
         return hook
 
     def __enter__(self) -> "InputNorms":
-        for i, layer in enumerate(self.layers):
-            self._handles.append(layer.mlp.down_proj.register_forward_pre_hook(self._accumulate(self.down_sq, i)))
-            self._handles.append(layer.self_attn.o_proj.register_forward_pre_hook(self._accumulate(self.o_sq, i)))
+        for i, (ffn, kv) in enumerate(self.couplings):
+            self._handles.append(ffn.consumer.linear.register_forward_pre_hook(self._accumulate(self.down_sq, i)))
+            self._handles.append(kv.consumer.linear.register_forward_pre_hook(self._accumulate(self.o_sq, i)))
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -72,11 +75,15 @@ def score(inputs: ScoringInputs) -> Importance:
     return from_norms(inputs.model, input_norms(inputs.model, inputs.calibration, inputs.device))
 
 
+def _weighted_columns(consumer: Slice, input_sq: torch.Tensor) -> torch.Tensor:
+    """sum_i |W[i, c]| * ||X_c|| per input column c of the consumer, summed over each structure."""
+    per_column = (consumer.linear.weight.abs().float() * input_sq.sqrt()).sum(0)
+    return per_structure(per_column, consumer.unit).cpu()
+
+
 def from_norms(model: torch.nn.Module, norms: InputNorms) -> Importance:
-    n_groups, _, _ = group_shape(model)
-    ffn, heads = [], []
-    for layer, d_sq, a_sq in zip(decoder_layers(model), norms.down_sq, norms.o_sq):
-        ffn.append((layer.mlp.down_proj.weight.abs().float() * d_sq.sqrt()).sum(0).cpu())
-        per_column = (layer.self_attn.o_proj.weight.abs().float() * a_sq.sqrt()).sum(0)
-        heads.append(per_column.reshape(n_groups, -1).sum(1).cpu())
-    return Importance(ffn=ffn, heads=heads)
+    couplings = layer_couplings(model)
+    return Importance(
+        ffn=[_weighted_columns(ffn.consumer, d_sq) for (ffn, _), d_sq in zip(couplings, norms.down_sq)],
+        heads=[_weighted_columns(kv.consumer, a_sq) for (_, kv), a_sq in zip(couplings, norms.o_sq)],
+    )

@@ -1,0 +1,146 @@
+"""Pruning as a library function: score channels and heads, choose what to keep, cut it out, heal the rest.
+
+`prune_model` is the part of a build that decides the weights; `ppgguf.build` calls it with a run
+directory (finished plans and healed weights are kept there and reused), benchmarks/fidelity.py
+without one. With nothing to prune (both sparsities 0) nothing is scored or healed: the model is
+returned as it is, so a "dense reference" build is the source model's round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .answer_batches import answer_distributions
+from .coupling import decoder_layers, group_shape
+from .heal import heal
+from .importance import ScoringInputs, data_needed, get_scorer
+from .plan import PruningPlan, make_plan
+from .recipe import Recipe
+from .runs import atomic_write_json, key_of, read_json
+from .stages import StageClock, step_reporter
+from .surgery import apply_plan
+
+Sequence = tuple[list[int], int]  # token ids of [system, user, answer] and where the answer starts
+
+
+class Calibration:
+    """The token sequences scorers and healing read; each is computed once, when first asked for."""
+
+    def __init__(self, persona: Callable[[], list[Sequence]], generic: Callable[[], list[list[int]]]):
+        self.persona = cache(persona)
+        self.generic = cache(generic)
+
+
+@dataclass
+class Pruned:
+    model: torch.nn.Module
+    plan: PruningPlan
+    log: dict[str, Any] = field(default_factory=dict)  # what the scorer and healing report
+
+
+@dataclass
+class RunCache:
+    """Where a build keeps its plan and healed weights, and the keys that decide them."""
+
+    directory: Path
+    plan_key: Any  # everything that decides the plan
+    weights_key: Any  # the plan's key plus the healing settings
+
+
+def nothing_to_prune(recipe: Recipe) -> bool:
+    return recipe.prune.ffn_sparsity == 0 and recipe.prune.head_sparsity == 0
+
+
+def keep_everything(model: torch.nn.Module) -> PruningPlan:
+    n_groups = group_shape(model)[0]
+    layers = decoder_layers(model)
+    return PruningPlan(ffn_keep=[list(range(layer.mlp.gate_proj.out_features)) for layer in layers],
+                       kv_keep=[list(range(n_groups)) for _ in layers])
+
+
+def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration, device: str,
+                clock: StageClock, cache_at: RunCache | None = None) -> Pruned:
+    """Prune `model` in place to `recipe`'s sparsities and heal it if the recipe says so."""
+    if nothing_to_prune(recipe):
+        clock.progress("Nothing to prune (sparsity 0): the model is kept as it is, without scoring or healing")
+        return Pruned(model, keep_everything(model), {"skipped": "nothing to prune"})
+    plan, log, dense_answers = choose_plan(model, recipe, calibration, device, clock, cache_at)
+    healed = _healed_file(cache_at)
+    teacher = None
+    if recipe.train.heal and not (healed and healed.is_file()):
+        # The dense model's answer distributions are the healing target: mask learning computed them
+        # already, unless its loss was cross-entropy or the plan came from the run directory.
+        teacher = dense_answers or clock.run(
+            "heal", "Dense answer distributions for healing",
+            lambda: answer_distributions(model.to(device), calibration.persona(), device),
+        )
+        model.to("cpu")
+    model = clock.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(model, plan))
+    if recipe.train.heal:
+        log["heal_loss_history"] = heal_model(model, recipe, calibration, teacher, device, clock, healed)
+    return Pruned(model, plan, log)
+
+
+def choose_plan(model, recipe: Recipe, calibration: Calibration, device: str, clock: StageClock,
+                cache_at: RunCache | None) -> tuple[PruningPlan, dict[str, Any], list[torch.Tensor] | None]:
+    """Score channels and heads and choose what to keep; reused from the run directory when its key matches.
+
+    Returns the plan, the scorer's log and the dense answer distributions the scorer computed (or None).
+    """
+    plan_file = cache_at.directory / "plan.json" if cache_at else None
+    saved = read_json(plan_file) if plan_file else None
+    if saved is not None and saved.get("key") == key_of(cache_at.plan_key):
+        clock.progress("Reusing the pruning plan from the run directory")
+        return PruningPlan.from_json(saved["plan"]), saved.get("log", {}), None
+    prune, train = recipe.prune, recipe.train
+    inputs = ScoringInputs(
+        model=model.to(device), ffn_sparsity=prune.ffn_sparsity, head_sparsity=prune.head_sparsity,
+        seed=prune.seed, device=device,
+        settings={"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr, "loss": train.loss},
+        on_step=step_reporter("Learning masks", clock.progress),
+    )
+    needed = data_needed(prune.method)
+    if needed == "generic":
+        inputs.calibration = calibration.generic()
+    elif needed == "persona":
+        inputs.persona_sequences = calibration.persona()
+    scorer = get_scorer(prune.method)
+    importance = clock.run("score", f"Scoring channels and heads ({prune.method})", lambda: scorer(inputs))
+    model.to("cpu")
+    plan = make_plan(importance, prune.ffn_sparsity, prune.head_sparsity, prune.uniform)
+    if plan_file:
+        atomic_write_json(plan_file, {"key": key_of(cache_at.plan_key), "plan": plan.to_json(), "log": inputs.log})
+    return plan, inputs.log, inputs.dense_answer_logprobs
+
+
+def heal_model(model, recipe: Recipe, calibration: Calibration, teacher: list[torch.Tensor] | None, device: str,
+               clock: StageClock, healed: Path | None) -> list[float]:
+    """Recovery finetuning of the pruned model toward `teacher`; the healed weights are kept at `healed`."""
+    if healed and healed.is_file():
+        clock.progress("Reusing the healed weights from the run directory")
+        model.load_state_dict(load_file(str(healed)), strict=False)
+        return read_json(healed.with_suffix(".json"))
+    train = recipe.train
+    history = clock.run(
+        "heal", f"Healing the kept weights ({train.heal_steps} steps)",
+        lambda: heal(model, calibration.persona(), teacher, train.heal_steps, train.batch_size, train.heal_lr,
+                     recipe.prune.seed, device, on_step=step_reporter("Healing", clock.progress)),
+    )
+    if healed:
+        tmp = healed.with_name(healed.name + ".partial")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()
+                   if k != "lm_head.weight" or not model.config.tie_word_embeddings}, str(tmp))
+        atomic_write_json(healed.with_suffix(".json"), history)
+        tmp.replace(healed)
+    return history
+
+
+def _healed_file(cache_at: RunCache | None) -> Path | None:
+    # Healing changes the weights, not the plan: its settings key only what comes after surgery.
+    return cache_at.directory / f"healed-{key_of(cache_at.weights_key)}.safetensors" if cache_at else None

@@ -1,0 +1,119 @@
+"""Speed measures: decode and prompt speed, time to first token, memory, and the speed-up the bytes predict.
+
+- `speed_sample`: prompt-processing and decode tokens/s, time to first token, for one greedy run.
+- `matrix_bytes_per_token` / `bound_speedup`: the decode speed-up predicted by the bytes of matrix
+  weights read per decoded token (decoding a small model on a CPU is memory-bound).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .decode import last_logits
+
+
+def matrix_bytes_per_token(tensors: Iterable[tuple[str, Sequence[int], int]]) -> int:
+    """Bytes of matrix weights read to decode one token, from (name, shape, n_bytes) triples.
+
+    Every tensor with at least two dimensions larger than one is read once per token, except the
+    token embedding, of which a decode step only gathers one row. A model with tied embeddings
+    has no `output.weight`: its token embedding is then read whole, once, as the output matrix.
+    """
+    tensors = list(tensors)
+    names = {name for name, _, _ in tensors}
+    tied = "output.weight" not in names
+    total = 0
+    for name, shape, n_bytes in tensors:
+        if sum(1 for d in shape if int(d) > 1) < 2:
+            continue  # norms, biases, rope factors
+        if name == "token_embd.weight" and not tied:
+            continue
+        total += int(n_bytes)
+    return total
+
+
+def bound_speedup(dense_matrix_bytes: int, npc_matrix_bytes: int) -> float:
+    """Decode speed-up predicted by bytes moved per token: dense bytes / npc bytes."""
+    return dense_matrix_bytes / max(npc_matrix_bytes, 1)
+
+
+@dataclass
+class SpeedSample:
+    prompt_tokens: int
+    decode_tokens: int
+    pp_tokens_per_s: float
+    decode_tokens_per_s: float
+    ttft_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def speed_sample(llm, prompt_ids: list[int], n_decode: int) -> SpeedSample:
+    """One greedy run from an empty context: prompt, first token, then `n_decode` more tokens.
+
+    Generation does not stop at an end token, so every run decodes the same number of tokens.
+    """
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt_ids)
+    token = int(np.argmax(last_logits(llm)))
+    first = time.perf_counter()
+    for _ in range(n_decode):
+        llm.eval([token])
+        token = int(np.argmax(last_logits(llm)))
+    end = time.perf_counter()
+    return SpeedSample(
+        prompt_tokens=len(prompt_ids),
+        decode_tokens=n_decode,
+        pp_tokens_per_s=len(prompt_ids) / (first - start),
+        decode_tokens_per_s=n_decode / (end - first) if n_decode else float("nan"),
+        ttft_s=first - start,
+    )
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_bytes() -> int:
+    kib = _proc_status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_bytes() -> int:
+    kib = _proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")

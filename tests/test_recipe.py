@@ -1,0 +1,74 @@
+"""Typed recipe settings: every knob's name, type and value is checked when the recipe loads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ppgguf.errors import UserError
+from ppgguf.recipe import Recipe, load_recipe, with_overrides
+
+# The flat knob names of Recipe.to_json, in order: run directories and reports are keyed by it.
+FLAT_KEYS = [
+    "base", "method", "ffn_sparsity", "head_sparsity", "uniform", "quant", "seed", "generic_sequences",
+    "sequence_length", "candidate_questions", "reference_personas", "selected_questions", "answer_tokens",
+    "teacher_temperature", "teacher", "steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr",
+    "validation_prompts",
+]
+
+
+def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
+    recipe = load_recipe()
+    assert isinstance(recipe, Recipe)
+    assert list(recipe.to_json()) == FLAT_KEYS
+    assert recipe.base.model == recipe.to_json()["base"]
+    assert recipe.validate.prompts == recipe.to_json()["validation_prompts"]
+    assert recipe.train.loss in ("kl", "ce") and recipe.export.quant == "Q8_0"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.prune.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ('[train]\nloss = "kll"\n', "recipe bad.toml: unknown loss 'kll'"),
+    ('[prune]\nmethod = "persnoa"\n', "recipe bad.toml: unknown method 'persnoa'; choose one of: persona"),
+    ('[export]\nquant = "Q9_K"\n', "recipe bad.toml: unknown quant type 'Q9_K'"),
+    ("[prune]\nffn_sparsity = 1.5\n", "recipe bad.toml: ffn_sparsity must be in [0, 1), got 1.5"),
+    ("[prune]\nhead_sparsity = -0.1\n", "recipe bad.toml: head_sparsity must be in [0, 1), got -0.1"),
+    ('[train]\nsteps = "7"\n', "recipe bad.toml: 'steps' must be int, got '7'"),
+    ("[train]\nstep = 7\n", "recipe bad.toml: unknown key 'step' in [train]"),
+    ("[trian]\nsteps = 7\n", "recipe bad.toml: unknown section [trian]"),
+])
+def test_a_bad_knob_fails_when_the_recipe_loads(tmp_path, toml, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml, encoding="utf-8")
+    with pytest.raises(UserError) as exc:
+        load_recipe(str(path))
+    message = str(exc.value)
+    assert message.startswith(expected) and "\n" not in message, message
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"ffn_sparsity": 1.0}, "--ffn-sparsity must be in [0, 1), got 1.0"),
+    ({"head_sparsity": 1}, "--head-sparsity must be in [0, 1), got 1.0"),
+    ({"method": "oracle"}, "unknown method 'oracle'"),
+    ({"quant": "Q3_XYZ"}, "unknown quant type 'Q3_XYZ'"),
+    ({"seed": 1.5}, "option: 'seed' must be int, got 1.5"),
+    ({"sparsity": 0.5}, "option: unknown recipe key 'sparsity'"),
+])
+def test_a_bad_override_fails_with_one_line(overrides, expected):
+    with pytest.raises(UserError) as exc:
+        with_overrides(load_recipe(), overrides)
+    assert str(exc.value).startswith(expected) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_overrides_change_only_their_knobs_and_normalise_the_quant_type(tmp_path):
+    recipe = load_recipe()
+    changed = with_overrides(recipe, {"quant": "q4_k_m", "ffn_sparsity": 0.5, "heal": False, "base": "x", "seed": None})
+    assert changed.export.quant == "Q4_K_M" and changed.prune.ffn_sparsity == 0.5 and changed.base.model == "x"
+    assert changed.to_json() == {**recipe.to_json(), "quant": "Q4_K_M", "ffn_sparsity": 0.5, "heal": False, "base": "x"}
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[export]\nquant = "q6_k"\n[prune]\nffn_sparsity = 0\n', encoding="utf-8")
+    loaded = load_recipe(str(mine))
+    assert loaded.export.quant == "Q6_K" and loaded.prune.ffn_sparsity == 0.0
+    assert isinstance(loaded.prune.ffn_sparsity, float)  # TOML's 0 is a float knob's 0.0
