@@ -8,6 +8,7 @@
     scores+plan  ppgguf.prune        which FFN channels and KV groups each layer keeps (ppgguf.importance, ppgguf.plan)
     surgery+heal ppgguf.prune        a physically smaller PyTorch model, finetuned back (ppgguf.surgery, ppgguf.heal)
     export       ppgguf.export       F32 GGUF in the run directory, the persona baked into its template
+    imatrix      ppgguf.imatrix      optional importance matrix of the pruned model, for the quantizer
     quantize     ppgguf.quantize     the requested type, with llama.cpp's quantizer
     validate     ppgguf.validate     loads in llama.cpp and agrees with PyTorch
     place        ppgguf.output       the GGUF and its companions, moved into place together
@@ -18,6 +19,7 @@ Finished stages are kept in a run directory keyed by their inputs (ppgguf.runs).
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +36,7 @@ from .errors import UserError
 from .export import choose_arch, export_gguf, gguf_metadata
 from .figure import write_build_figure
 from .gguf_file import read_header
+from .imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
 from .model_card import model_card_text
 from .modelfile import modelfile_params, modelfile_text
 from .output import check_output, companion_paths, output_path, place_files
@@ -98,9 +101,10 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     weights_key = [plan_key, {k: getattr(recipe.train, k) for k in HEAL_FIELDS}]
     pruned = prune_model(base.model, recipe, calibration, device, clock, RunCache(work, plan_key, weights_key))
     f32_path, written = export_f32(pruned.model, persona, base, tokenizer, recipe, work, weights_key, clock)
+    imatrix = importance_matrix(pruned.model, base, recipe, calibration, work, weights_key, clock)
     report = _report(options, out, persona, recipe, base, pruned, dense, written, work, warnings)
     report_path = quantize_validate_and_place(
-        pruned.model, f32_path, report, out, tokenizer, persona, recipe, chat_format, work, clock)
+        pruned.model, f32_path, imatrix, report, out, tokenizer, persona, recipe, chat_format, work, clock)
     return BuildResult(path=out, report_path=report_path, report=report)
 
 
@@ -115,7 +119,8 @@ def resolve_device(device: str) -> str:
 
 
 def _pruning_settings(recipe: Recipe) -> dict[str, Any]:
-    return {k: v for k, v in recipe.to_json().items() if k not in ("quant", "validation_prompts") + HEAL_FIELDS}
+    after_pruning = ("quant", "imatrix", "validation_prompts") + HEAL_FIELDS
+    return {k: v for k, v in recipe.to_json().items() if k not in after_pruning}
 
 
 def _no_modelfile_warning(progress: Callable[[str], None]) -> str:
@@ -145,7 +150,25 @@ def export_f32(model: torch.nn.Module, persona: Persona, base: BaseModel, tokeni
     return f32_path, written
 
 
-def quantize_validate_and_place(model, f32_path: Path, report: dict, out: Path, tokenizer: ChatTokenizer,
+def importance_matrix(model: torch.nn.Module, base: BaseModel, recipe: Recipe, calibration: Calibration, work: Path,
+                      weights_key: list, clock: StageClock) -> Path | None:
+    """The recipe's importance matrix of the pruned model, as llama-imatrix's GGUF in the run directory."""
+    kind = recipe.export.imatrix
+    if kind == "none":
+        return None
+    path = work / f"imatrix-{kind}-{key_of(weights_key)}.gguf"
+    if path.is_file():
+        clock.progress("Reusing the importance matrix from the run directory")
+        return path
+    sequences = [ids for ids, _ in calibration.persona()] if kind == "persona" else calibration.generic()
+    matrix = clock.run("imatrix", f"Importance matrix on the {kind} calibration text ({len(sequences)} sequences)",
+                       lambda: collect_imatrix(model, base.family, sequences))
+    write_imatrix_gguf(matrix, path, [f"ppgguf {kind} calibration"])
+    return path
+
+
+def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, report: dict, out: Path,
+                                tokenizer: ChatTokenizer,
                                 persona: Persona, recipe: Recipe, chat_format: str | None, work: Path,
                                 clock: StageClock) -> Path:
     """Quantize, validate and write every companion inside the run directory; then move them all into place.
@@ -158,10 +181,14 @@ def quantize_validate_and_place(model, f32_path: Path, report: dict, out: Path, 
     staged.mkdir(exist_ok=True)
     tmp_gguf = staged / f"{out.stem}.{quant}.gguf.partial"
     finals = companion_paths(out)
+    if imatrix is None:
+        del finals["imatrix"]
     ready = {kind: staged / path.name for kind, path in finals.items()}
     try:
+        matrix = read_imatrix_gguf(imatrix) if imatrix else None
         report["quantization"] = clock.run(
-            "quantize", f"Quantizing to {quant}", lambda: quantize(f32_path, tmp_gguf, quant))
+            "quantize", f"Quantizing to {quant}", lambda: quantize(f32_path, tmp_gguf, quant, imatrix=matrix))
+        report["quantization"]["imatrix"] = recipe.export.imatrix
         sequences = validation_sequences(tokenizer, persona, recipe.validate.prompts)
         reference = clock.run("reference", "Computing PyTorch reference logits", lambda: torch_logits(model, sequences))
         report["validation"] = clock.run(
@@ -177,7 +204,9 @@ def quantize_validate_and_place(model, f32_path: Path, report: dict, out: Path, 
         else:
             del finals["modelfile"]
         atomic_write_text(ready["card"], model_card_text(report))
-        report["companions"] = [str(finals[k]) for k in ("modelfile", "card", "figure") if k in finals]
+        if imatrix:  # beside the GGUF, so llama.cpp's own llama-quantize --imatrix can requantize it
+            shutil.copyfile(imatrix, ready["imatrix"])
+        report["companions"] = [str(finals[k]) for k in ("modelfile", "card", "figure", "imatrix") if k in finals]
         atomic_write_json(ready["report"], report)
         place_files([(ready[kind], finals[kind]) for kind in finals] + [(tmp_gguf, out)])
         # The F32 export is the largest file of a run and takes seconds to write again from the

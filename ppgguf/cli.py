@@ -60,7 +60,8 @@ def build(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="A larger GGUF that writes the in-voice calibration answers (default: the base model)."),
     ffn_sparsity: Optional[float] = typer.Option(None, "--ffn-sparsity", help="Fraction of FFN channels removed in each layer, in [0, 1)."),
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0 ..."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M, IQ2_XXS ..."),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", help="Importance matrix for the quantizer: none, persona (the character's calibration answers) or generic."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Let layers keep different widths (writes the `deci` architecture)."),
@@ -77,6 +78,8 @@ def build(
 
         ppgguf build mirela.txt --ffn-sparsity 0.5 --head-sparsity 0.33 --quant Q4_K_M -o npc.gguf
 
+        ppgguf build mirela.txt --quant Q4_K_M --imatrix persona   # importance-weighted rounding
+
         ppgguf build mirela.txt --ffn-sparsity 0 --head-sparsity 0 --quant F16   # dense reference
     """
     from .build import BuildOptions
@@ -84,7 +87,7 @@ def build(
 
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
-        "quant": quant, "seed": seed, "uniform": False if per_layer else None,
+        "quant": quant, "imatrix": imatrix, "seed": seed, "uniform": False if per_layer else None,
         "teacher": str(teacher) if teacher else None, "heal": heal,
     }
     options = BuildOptions(character=character, out=out, recipe=recipe, overrides=overrides, device=device)

@@ -32,6 +32,7 @@ def companion_paths(out: Path) -> dict[str, Path]:
         "figure": out.with_name(out.name + ".png"),
         "modelfile": out.with_name(out.stem + ".Modelfile"),
         "card": out.with_name(out.stem + ".md"),
+        "imatrix": out.with_name(out.stem + ".imatrix.gguf"),
     }
 
 

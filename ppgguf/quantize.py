@@ -4,6 +4,12 @@ llama.cpp picks the type of every tensor: a row width that the requested block s
 divide falls back to another type (DESIGN.md section 2), and K-quant mixes deliberately use a
 bigger type for some tensors. The report lists every matrix stored in a type outside the
 requested mix, so a user sees where the bytes went.
+
+An importance matrix (ppgguf.imatrix) reaches the quantizer through
+`llama_model_quantize_params.imatrix`: an array of `llama_model_imatrix_data {name, data, size}`
+ended by an entry whose name is NULL, which llama.cpp copies before it starts (llama-quant.cpp).
+The lowest-bit types cannot be made without one; llama.cpp would refuse only at the first such
+tensor, so `check_imatrix_needed` refuses them before any work.
 """
 
 from __future__ import annotations
@@ -12,26 +18,56 @@ import ctypes
 import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import gguf
+import numpy as np
 
 from .errors import UserError
-from .llama_io import captured_stderr
+from .llama_io import captured_stderr, llama_log
+
+if TYPE_CHECKING:
+    from .imatrix import ImportanceMatrix
 
 T = gguf.GGMLQuantizationType
-# name -> (llama.cpp file type constant name, matrix types that count as "as requested")
-QUANT_TYPES: dict[str, tuple[str, set]] = {
-    "F32": ("LLAMA_FTYPE_ALL_F32", {T.F32}),
-    "F16": ("LLAMA_FTYPE_MOSTLY_F16", {T.F16}),
-    "BF16": ("LLAMA_FTYPE_MOSTLY_BF16", {T.BF16}),
-    "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", {T.Q8_0}),
-    "Q6_K": ("LLAMA_FTYPE_MOSTLY_Q6_K", {T.Q6_K}),
-    "Q5_K_M": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", {T.Q5_K, T.Q6_K}),
-    "Q5_0": ("LLAMA_FTYPE_MOSTLY_Q5_0", {T.Q5_0}),
-    "Q5_1": ("LLAMA_FTYPE_MOSTLY_Q5_1", {T.Q5_1}),
-    "Q4_K_M": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", {T.Q4_K, T.Q6_K}),
-    "Q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", {T.Q4_0}),
-    "Q4_1": ("LLAMA_FTYPE_MOSTLY_Q4_1", {T.Q4_1}),
+
+
+class QuantType(NamedTuple):
+    ftype: str  # llama.cpp's file type constant (llama_cpp.LLAMA_FTYPE_*)
+    # Matrix types that count as "as requested": the types the mix itself picks for layer matrices
+    # (llama_tensor_get_type_impl in llama-quant.cpp); anything else is a width fallback.
+    types: set
+    needs_imatrix: bool = False  # the mix stores some matrix in a type llama.cpp only makes with one
+
+
+QUANT_TYPES: dict[str, QuantType] = {
+    "F32": QuantType("LLAMA_FTYPE_ALL_F32", {T.F32}),
+    "F16": QuantType("LLAMA_FTYPE_MOSTLY_F16", {T.F16}),
+    "BF16": QuantType("LLAMA_FTYPE_MOSTLY_BF16", {T.BF16}),
+    "Q8_0": QuantType("LLAMA_FTYPE_MOSTLY_Q8_0", {T.Q8_0}),
+    "Q6_K": QuantType("LLAMA_FTYPE_MOSTLY_Q6_K", {T.Q6_K}),
+    "Q5_K_M": QuantType("LLAMA_FTYPE_MOSTLY_Q5_K_M", {T.Q5_K, T.Q6_K}),
+    # With an imatrix, the first eighth of ffn_down matrices go to Q5_1 / Q4_1.
+    "Q5_0": QuantType("LLAMA_FTYPE_MOSTLY_Q5_0", {T.Q5_0, T.Q5_1}),
+    "Q5_1": QuantType("LLAMA_FTYPE_MOSTLY_Q5_1", {T.Q5_1}),
+    "Q4_K_M": QuantType("LLAMA_FTYPE_MOSTLY_Q4_K_M", {T.Q4_K, T.Q6_K}),
+    "Q4_0": QuantType("LLAMA_FTYPE_MOSTLY_Q4_0", {T.Q4_0, T.Q4_1}),
+    "Q4_1": QuantType("LLAMA_FTYPE_MOSTLY_Q4_1", {T.Q4_1}),
+    # 32-blocks; Q5_K for attn_v when 4+ heads share a KV head, and early ffn_down without an imatrix.
+    "IQ4_NL": QuantType("LLAMA_FTYPE_MOSTLY_IQ4_NL", {T.IQ4_NL, T.Q5_K}),
+    "IQ4_XS": QuantType("LLAMA_FTYPE_MOSTLY_IQ4_XS", {T.IQ4_XS, T.Q5_K}),
+    "Q3_K_S": QuantType("LLAMA_FTYPE_MOSTLY_Q3_K_S", {T.Q3_K}),
+    "Q3_K_M": QuantType("LLAMA_FTYPE_MOSTLY_Q3_K_M", {T.Q3_K, T.Q4_K, T.Q5_K}),
+    "Q3_K_L": QuantType("LLAMA_FTYPE_MOSTLY_Q3_K_L", {T.Q3_K, T.Q5_K}),
+    "IQ3_M": QuantType("LLAMA_FTYPE_MOSTLY_IQ3_M", {T.IQ3_S, T.Q4_K}),
+    "IQ3_S": QuantType("LLAMA_FTYPE_MOSTLY_IQ3_S", {T.IQ3_S, T.Q4_K}),
+    "IQ3_XS": QuantType("LLAMA_FTYPE_MOSTLY_IQ3_XS", {T.IQ3_S, T.IQ3_XXS, T.Q4_K}, needs_imatrix=True),
+    "IQ3_XXS": QuantType("LLAMA_FTYPE_MOSTLY_IQ3_XXS", {T.IQ3_XXS, T.IQ2_S, T.IQ3_S, T.Q4_K}, needs_imatrix=True),
+    "Q2_K": QuantType("LLAMA_FTYPE_MOSTLY_Q2_K", {T.Q2_K, T.Q3_K, T.Q4_K}),
+    "IQ2_M": QuantType("LLAMA_FTYPE_MOSTLY_IQ2_M", {T.IQ2_S, T.IQ3_S, T.Q4_K}, needs_imatrix=True),
+    "IQ2_S": QuantType("LLAMA_FTYPE_MOSTLY_IQ2_S", {T.IQ2_XS, T.IQ3_S, T.Q4_K}, needs_imatrix=True),
+    "IQ2_XS": QuantType("LLAMA_FTYPE_MOSTLY_IQ2_XS", {T.IQ2_XS, T.Q2_K, T.Q4_K}, needs_imatrix=True),
+    "IQ2_XXS": QuantType("LLAMA_FTYPE_MOSTLY_IQ2_XXS", {T.IQ2_XXS, T.Q2_K, T.Q4_K}, needs_imatrix=True),
 }
 
 
@@ -42,28 +78,75 @@ def check_quant_type(name: str) -> str:
     return key
 
 
-def quantize(src: Path, dst: Path, quant: str, allow_requantize: bool = False, threads: int | None = None) -> dict:
-    """Quantize `src` to `dst` (written through a temporary name); returns the type report."""
+def check_imatrix_needed(quant: str, has_imatrix: bool) -> None:
+    """Refuse a type llama.cpp cannot make without an importance matrix, before any work."""
+    quant = check_quant_type(quant)
+    if QUANT_TYPES[quant].needs_imatrix and not has_imatrix:
+        raise UserError(
+            f"{quant} needs an importance matrix (llama.cpp refuses it without one); "
+            "add --imatrix persona, or choose a type that does not, e.g. IQ3_S, Q2_K or Q3_K_S"
+        )
+
+
+class _ImatrixArray:
+    """`llama_model_imatrix_data` entries for the per-column means, NULL-name terminated.
+
+    Holds the float buffers and names the C array points into; llama.cpp copies them when the
+    quantizer starts, so this object must live until llama_model_quantize returns.
+    """
+
+    def __init__(self, means: dict[str, np.ndarray]):
+        import llama_cpp
+
+        self.names = [name.encode() for name in means]
+        self.buffers = [np.ascontiguousarray(values, dtype=np.float32) for values in means.values()]
+        self.entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()  # zeroed: last name NULL
+        for entry, name, values in zip(self.entries, self.names, self.buffers):
+            entry.name = name
+            entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entry.size = values.size
+        self.pointer = ctypes.cast(self.entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+
+
+def quantize(
+    src: Path,
+    dst: Path,
+    quant: str,
+    allow_requantize: bool = False,
+    threads: int | None = None,
+    imatrix: ImportanceMatrix | None = None,
+) -> dict:
+    """Quantize `src` to `dst` (written through a temporary name), weighting rounding by `imatrix`
+    where given; returns the type report."""
     import llama_cpp
 
     quant = check_quant_type(quant)
+    check_imatrix_needed(quant, imatrix is not None)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant][0])
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
     params.nthread = threads or os.cpu_count() or 1
     params.allow_requantize = allow_requantize
+    weights = _ImatrixArray(imatrix.means()) if imatrix is not None else None
+    if weights is not None:
+        params.imatrix = weights.pointer
     tmp = dst.with_name(dst.name + ".partial")
-    with captured_stderr() as log:
+    # llama.cpp logs through its callback (where its last line says why it failed) and writes to fd 2
+    with captured_stderr() as log, llama_log() as messages:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"llama.cpp could not quantize {src.name} to {quant}: {log.last_line() or 'rc=' + str(rc)}")
+        reason = messages.last_line() or log.last_line() or f"rc={rc}"
+        raise UserError(f"llama.cpp could not quantize {src.name} to {quant}: {reason}")
     tmp.replace(dst)
-    return type_report(dst, quant)
+    report = type_report(dst, quant)
+    if weights is not None:
+        report["imatrix_entries"] = len(weights.names)
+    return report
 
 
 def type_report(path: Path, quant: str) -> dict:
     """Types of the file's matrices, and the matrices stored outside the requested mix."""
-    expected = QUANT_TYPES[quant][1]
+    expected = QUANT_TYPES[quant].types
     reader = gguf.GGUFReader(path)
     counts: Counter = Counter()
     fallbacks = []

@@ -17,9 +17,10 @@ from typing import Any, get_type_hints
 from .errors import UserError
 from .importance import check_method
 from .plan import check_sparsity
-from .quantize import check_quant_type
+from .quantize import check_imatrix_needed, check_quant_type
 
 LOSSES = ("kl", "ce")
+IMATRIX_KINDS = ("none", "persona", "generic")  # which calibration text the importance matrix is taken on
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class TrainSection:
 @dataclass(frozen=True)
 class ExportSection:
     quant: str  # a llama.cpp quant type, upper case
+    imatrix: str  # importance matrix for the quantizer: "none", "persona" or "generic" (ppgguf.imatrix)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ FLAT_KEYS = {
                                              "teacher_temperature", "teacher")},
     **{key: ("train", key) for key in ("steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr")},
     "validation_prompts": ("validate", "prompts"),
+    "imatrix": ("export", "imatrix"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -198,6 +201,9 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         if recipe.train.loss not in LOSSES:
             raise UserError(f"unknown loss '{recipe.train.loss}'; use \"kl\" or \"ce\"")
         quant = check_quant_type(recipe.export.quant)
+        if recipe.export.imatrix not in IMATRIX_KINDS:
+            raise UserError(f"unknown imatrix '{recipe.export.imatrix}'; use one of: {', '.join(IMATRIX_KINDS)}")
+        check_imatrix_needed(quant, recipe.export.imatrix != "none")
     except UserError as err:
         raise UserError(f"{where}: {err}" if where else str(err)) from None
     for key in ("ffn_sparsity", "head_sparsity"):

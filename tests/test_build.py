@@ -269,3 +269,32 @@ def test_the_time_left_counts_only_the_steps(monkeypatch):
     now[0] = 602.0  # then 2 s per step
     report(2, 10, 0.4)
     assert "about 0.3 min left" in messages[-1]  # 8 steps x 2 s, not 8 x 301 s
+
+
+def test_an_importance_matrix_weighs_the_rounding_and_ships_beside_the_gguf(tiny_llama, recipe_file, tmp_path):
+    from ppgguf.imatrix import read_imatrix_gguf
+
+    outs = {}
+    for kind in ("generic", "none"):
+        outs[kind] = tmp_path / kind / "m.gguf"
+        outs[kind].parent.mkdir()
+        report = build(BuildOptions(character=CHARACTER, out=outs[kind], recipe=str(recipe_file), device="cpu",
+                                    overrides={"base": str(tiny_llama.dir), "quant": "Q4_0", "imatrix": kind})).report
+        assert report["quantization"]["imatrix"] == kind
+    shipped = outs["generic"].with_name("m.imatrix.gguf")
+    assert str(shipped) in report_companions(outs["generic"])
+    assert not outs["none"].with_name("m.imatrix.gguf").exists()
+    assert len(read_imatrix_gguf(shipped).sums) == 2 * 7 + 1  # 7 matrices per layer and the output matrix
+    weighted, plain = _tensors(outs["generic"]), _tensors(outs["none"])
+    assert not np.array_equal(weighted["blk.0.ffn_down.weight"], plain["blk.0.ffn_down.weight"])
+
+
+def report_companions(out: Path) -> list[str]:
+    return json.loads(out.with_name(out.name + ".report.json").read_text(encoding="utf-8"))["companions"]
+
+
+def test_a_type_that_needs_an_importance_matrix_is_refused_up_front(tiny_llama, recipe_file, tmp_path):
+    with pytest.raises(UserError, match="IQ2_XXS needs an importance matrix.*--imatrix persona"):
+        build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe_file), device="cpu",
+                           overrides={"base": str(tiny_llama.dir), "quant": "IQ2_XXS"}))
+    assert not (tmp_path / "home" / "runs").exists()
