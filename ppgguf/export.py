@@ -189,14 +189,19 @@ def export_gguf(
             data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head_kv"])
         data = np.ascontiguousarray(data, dtype=np_type if data.ndim > 1 else np.float32)
         writer.add_tensor(gguf_name, data)
+    write_and_place(writer, tmp, out_path)
+    return {"architecture": arch_name, "widths": widths}
+
+
+def write_and_place(writer: gguf.GGUFWriter, tmp: Path, path: Path) -> None:
+    """Write everything `writer` holds to `tmp`, its temporary name, then rename it to `path`."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    tmp.replace(out_path)
-    return {"architecture": arch_name, "widths": widths}
+    tmp.replace(path)
 
 
 def _layer_of(gguf_name: str) -> int:

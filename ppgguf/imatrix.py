@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .export import choose_arch
+from .export import choose_arch, write_and_place
 from .families import Family
 from .surgery import layer_widths
 
@@ -123,13 +123,7 @@ def write_imatrix_gguf(imatrix: ImportanceMatrix, path: Path, datasets: list[str
         # numpy shape (rows, columns) is ggml's [columns, rows]
         writer.add_tensor(name + SUM2_SUFFIX, imatrix.sums[name].astype(np.float32).reshape(1, -1))
         writer.add_tensor(name + COUNTS_SUFFIX, np.array([[imatrix.counts[name]]], dtype=np.float32))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    tmp.replace(path)
+    write_and_place(writer, tmp, path)
 
 
 def read_imatrix_gguf(path: Path) -> ImportanceMatrix:
