@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gguf
 
+from .sampling import SAMPLING_KEYS
+
 
 class PPGGUF:
     """Keys under `ppgguf.*`: how a file was built and for which character."""
@@ -56,10 +58,6 @@ VALUE_TYPES: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]] = {
     PPGGUF.FFN_WIDTHS: (V.ARRAY, V.INT32),
     PPGGUF.HEAD_COUNTS: (V.ARRAY, V.INT32),
     PPGGUF.KV_HEAD_COUNTS: (V.ARRAY, V.INT32),
-    gguf.Keys.General.SAMPLING_TEMP: (V.FLOAT32, None),
-    gguf.Keys.General.SAMPLING_TOP_P: (V.FLOAT32, None),
-    gguf.Keys.General.SAMPLING_TOP_K: (V.INT32, None),
-    gguf.Keys.General.SAMPLING_MIN_P: (V.FLOAT32, None),
-    gguf.Keys.General.SAMPLING_PENALTY_REPEAT: (V.FLOAT32, None),
-    gguf.Keys.General.SAMPLING_PENALTY_LAST_N: (V.INT32, None),
+    # llama.cpp reads the sampling keys' integers as int32 and the rest as float32
+    **{key: (V.INT32 if typ is int else V.FLOAT32, None) for key, typ in SAMPLING_KEYS.values()},
 }

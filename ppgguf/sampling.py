@@ -20,7 +20,7 @@ DEFAULT_SAMPLING: dict[str, float | int] = {
 }
 
 # our name -> (GGUF key from gguf-py's constants, Python type llama.cpp expects)
-_SAMPLING_KEYS: dict[str, tuple[str, type]] = {
+SAMPLING_KEYS: dict[str, tuple[str, type]] = {
     "temperature": (gguf.Keys.General.SAMPLING_TEMP, float),
     "top_p": (gguf.Keys.General.SAMPLING_TOP_P, float),
     "top_k": (gguf.Keys.General.SAMPLING_TOP_K, int),
@@ -33,16 +33,16 @@ _SAMPLING_KEYS: dict[str, tuple[str, type]] = {
 def sampling_metadata(sampling: dict[str, Any] | None = None) -> dict[str, float | int]:
     """``general.sampling.*`` keys (full names) for `sampling` (our names; defaults filled in)."""
     values = {**DEFAULT_SAMPLING, **(sampling or {})}
-    unknown = set(values) - set(_SAMPLING_KEYS)
+    unknown = set(values) - set(SAMPLING_KEYS)
     if unknown:
         raise ValueError(f"unknown sampling settings: {', '.join(sorted(unknown))}")
-    return {_SAMPLING_KEYS[name][0]: _SAMPLING_KEYS[name][1](value) for name, value in values.items()}
+    return {SAMPLING_KEYS[name][0]: SAMPLING_KEYS[name][1](value) for name, value in values.items()}
 
 
 def sampling_from_metadata(metadata: dict[str, Any]) -> dict[str, float | int]:
     """Inverse of `sampling_metadata`: our names for the ``general.sampling.*`` keys present."""
     out: dict[str, float | int] = {}
-    for name, (key, typ) in _SAMPLING_KEYS.items():
+    for name, (key, typ) in SAMPLING_KEYS.items():
         if key in metadata:
             try:
                 out[name] = typ(float(metadata[key])) if typ is int else round(float(metadata[key]), 6)
