@@ -74,11 +74,13 @@ def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration
     healed = _healed_file(cache_at)
     teacher = None
     if recipe.train.heal and not (healed and healed.is_file()):
+        # Fetched before any stage clock runs, so its calibration time is not counted as healing too.
+        sequences = calibration.persona()
         # The dense model's answer distributions are the healing target: mask learning computed them
         # already, unless its loss was cross-entropy or the plan came from the run directory.
         teacher = dense_answers or clock.run(
             "heal", "Dense answer distributions for healing",
-            lambda: answer_distributions(model.to(device), calibration.persona(), device),
+            lambda: answer_distributions(model.to(device), sequences, device),
         )
         model.to("cpu")
     model = clock.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(model, plan))
