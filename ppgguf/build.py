@@ -30,7 +30,7 @@ import torch
 from . import __version__
 from .base import BaseModel, load_base
 from .calibrate import (answer_sequences, cached_persona_calibration, check_teacher, generic_sequences,
-                        validation_sequences)
+                        validation_prompts, validation_sequences)
 from .chat_template import bake_chat_template, chat_format_of
 from .errors import UserError
 from .export import choose_arch, export_gguf, gguf_metadata
@@ -46,10 +46,11 @@ from .prune import Calibration, Pruned, RunCache, prune_model
 from .quantize import quantize
 from .recipe import Recipe, load_recipe, with_overrides
 from .runs import atomic_write_json, atomic_write_text, key_of, run_dir
+from .sizing import check_target_options, fit_to_size
 from .stages import StageClock
 from .surgery import layer_widths, parameter_count, predicted_parameters
 from .tokenizer import ChatTokenizer
-from .validate import torch_logits, validate_gguf
+from .validate import greedy_repetition, looping_warning, torch_logits, validate_gguf
 
 HEAL_FIELDS = ("heal", "heal_steps", "heal_lr")
 
@@ -77,16 +78,21 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     recipe = with_overrides(load_recipe(options.recipe), options.overrides)
     device = resolve_device(options.device)
     out = output_path(options.character, options.out)
-    # The run key covers everything that decides the pruned weights; quant type and output do not.
-    plan_key = {"ppgguf": __version__, "system_prompt": persona.system_prompt, **_pruning_settings(recipe)}
-    work = run_dir({"base": recipe.base.model, **plan_key})
+    check_target_options(recipe, options.overrides)
 
-    base = clock.run("load_base", f"Loading base model {recipe.base.model}", lambda: load_base(recipe.base.model, work))
-    plan_key["base_sha256"] = base.sha256
+    base_dir = run_dir({"base": recipe.base.model})
+    base = clock.run("load_base", f"Loading base model {recipe.base.model}", lambda: load_base(recipe.base.model, base_dir))
     check_output(out, expected_bytes=parameter_count(base.model) * 4 // 2)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     chat_format = chat_format_of(tokenizer.template)  # the base's own template, before the persona is baked in
     warnings = [] if chat_format else [_no_modelfile_warning(progress)]
+    spec = exported_tokenizer_spec(base, tokenizer, persona)  # the template falls back to the persona prompt
+    recipe, size = fit_to_size(recipe, base, spec, persona, base_dir)
+    progress(_size_message(recipe, size))
+    # The run key covers everything that decides the pruned weights; quant type and output do not.
+    plan_key = {"ppgguf": __version__, "system_prompt": persona.system_prompt, **_pruning_settings(recipe)}
+    work = run_dir({"base": recipe.base.model, **plan_key})
+    plan_key["base_sha256"] = base.sha256
     if recipe.calibration.teacher:
         check_teacher(base, recipe.calibration.teacher)
     calibration = Calibration(
@@ -100,9 +106,10 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
 
     weights_key = [plan_key, {k: getattr(recipe.train, k) for k in HEAL_FIELDS}]
     pruned = prune_model(base.model, recipe, calibration, device, clock, RunCache(work, plan_key, weights_key))
-    f32_path, written = export_f32(pruned.model, persona, base, tokenizer, recipe, work, weights_key, clock)
+    f32_path, written = export_f32(pruned.model, persona, base, spec, recipe, work, weights_key, clock)
     imatrix = importance_matrix(pruned.model, base, recipe, calibration, work, weights_key, clock)
     report = _report(options, out, persona, recipe, base, pruned, dense, written, work, warnings)
+    report["size"] = size
     report_path = quantize_validate_and_place(
         pruned.model, f32_path, imatrix, report, out, tokenizer, persona, recipe, chat_format, work, clock)
     return BuildResult(path=out, report_path=report_path, report=report)
@@ -119,7 +126,7 @@ def resolve_device(device: str) -> str:
 
 
 def _pruning_settings(recipe: Recipe) -> dict[str, Any]:
-    after_pruning = ("quant", "imatrix", "validation_prompts") + HEAL_FIELDS
+    after_pruning = ("quant", "imatrix", "target_size_mib", "validation_prompts") + HEAL_FIELDS
     return {k: v for k, v in recipe.to_json().items() if k not in after_pruning}
 
 
@@ -130,9 +137,25 @@ def _no_modelfile_warning(progress: Callable[[str], None]) -> str:
     return warning
 
 
-def export_f32(model: torch.nn.Module, persona: Persona, base: BaseModel, tokenizer: ChatTokenizer, recipe: Recipe,
+def exported_tokenizer_spec(base: BaseModel, tokenizer: ChatTokenizer, persona: Persona):
+    """The base's tokenizer metadata with the persona baked into its chat template."""
+    spec = copy.deepcopy(base.tokenizer_spec)
+    spec.set(gguf.Keys.Tokenizer.CHAT_TEMPLATE, bake_chat_template(tokenizer.template, persona.system_prompt),
+             gguf.GGUFValueType.STRING)
+    return spec
+
+
+def _size_message(recipe: Recipe, size: dict[str, Any]) -> str:
+    prune, export = recipe.prune, recipe.export
+    chosen = (f"FFN sparsity {prune.ffn_sparsity:g}, {export.quant}, imatrix {export.imatrix}"
+              if "target_mib" in size else export.quant)
+    target = f" (target {size['target_mib']:g} MiB)" if "target_mib" in size else ""
+    return f"Predicted file size: {size['predicted_bytes'] / 2**20:.1f} MiB{target}: {chosen}"
+
+
+def export_f32(model: torch.nn.Module, persona: Persona, base: BaseModel, spec, recipe: Recipe,
                work: Path, weights_key: list, clock: StageClock) -> tuple[Path, dict[str, Any]]:
-    """The F32 GGUF in the run directory, with the persona baked into its metadata and chat template."""
+    """The F32 GGUF in the run directory, with the persona baked into its metadata and chat template (`spec`)."""
     # Keyed by everything written into it, so a finished export is reused after a crash or for another quant.
     f32_path = work / f"model-{key_of([weights_key, persona.to_json()])}.f32.gguf"
     if f32_path.is_file():
@@ -140,13 +163,9 @@ def export_f32(model: torch.nn.Module, persona: Persona, base: BaseModel, tokeni
         widths = layer_widths(model)
         arch = choose_arch(base.family, widths, model.config.hidden_size, model.config.head_dim)
         return f32_path, {"architecture": gguf.MODEL_ARCH_NAMES[arch], "widths": widths}
-    # The exported file's chat template falls back to the character's system prompt.
-    export_spec = copy.deepcopy(base.tokenizer_spec)
-    export_spec.set(gguf.Keys.Tokenizer.CHAT_TEMPLATE, bake_chat_template(tokenizer.template, persona.system_prompt),
-                    gguf.GGUFValueType.STRING)
     metadata = gguf_metadata(persona, base, recipe, model)
     written = clock.run(
-        "export", "Writing GGUF", lambda: export_gguf(model, base.family, export_spec, f32_path, "F32", **metadata))
+        "export", "Writing GGUF", lambda: export_gguf(model, base.family, spec, f32_path, "F32", **metadata))
     return f32_path, written
 
 
@@ -193,6 +212,12 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
         reference = clock.run("reference", "Computing PyTorch reference logits", lambda: torch_logits(model, sequences))
         report["validation"] = clock.run(
             "validate", "Validating in llama.cpp", lambda: validate_gguf(tmp_gguf, model, sequences, reference, quant))
+        report["validation"]["repetition"] = repetition = clock.run(
+            "validate", "Checking the greedy answers for loops",
+            lambda: greedy_repetition(tmp_gguf, validation_prompts(tokenizer, persona, recipe.validate.prompts)))
+        if looping_warning(repetition):
+            report["warnings"].append(looping_warning(repetition))
+            clock.progress(f"Warning: {looping_warning(repetition)}")
         report["file_bytes"] = tmp_gguf.stat().st_size
         report["seconds"] = clock.total()
         write_build_figure(report, ready["figure"])

@@ -63,6 +63,13 @@ def generic_sequences(tokenizer: ChatTokenizer, count: int, length: int) -> list
     return [ids[i * length : (i + 1) * length] for i in range(count)]
 
 
+def validation_prompts(tokenizer: ChatTokenizer, persona: Persona, count: int) -> list[list[int]]:
+    """Token ids of `count` fixed questions with the persona's system prompt, ready for the answer."""
+    return [tokenizer.chat_ids([{"role": "system", "content": persona.system_prompt},
+                                {"role": "user", "content": question}], True)
+            for question, _ in VALIDATION_DIALOGUES[:count]]
+
+
 def validation_sequences(tokenizer: ChatTokenizer, persona: Persona, count: int) -> list[list[int]]:
     """Token ids of `count` fixed chat exchanges with the persona's system prompt."""
     sequences = []

@@ -62,6 +62,7 @@ def build(
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M, IQ2_XXS ..."),
     imatrix: Optional[str] = typer.Option(None, "--imatrix", help="Importance matrix for the quantizer: none, persona (the character's calibration answers) or generic."),
+    target_size: Optional[float] = typer.Option(None, "--target-size", metavar="MIB", help="Largest file size in MiB: FFN sparsity, quant and imatrix are chosen for the lowest measured KL within it."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Let layers keep different widths (writes the `deci` architecture)."),
@@ -80,6 +81,8 @@ def build(
 
         ppgguf build mirela.txt --quant Q4_K_M --imatrix persona   # importance-weighted rounding
 
+        ppgguf build mirela.txt --target-size 70   # the most faithful file of at most 70 MiB
+
         ppgguf build mirela.txt --ffn-sparsity 0 --head-sparsity 0 --quant F16   # dense reference
     """
     from .build import BuildOptions
@@ -88,7 +91,7 @@ def build(
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
         "quant": quant, "imatrix": imatrix, "seed": seed, "uniform": False if per_layer else None,
-        "teacher": str(teacher) if teacher else None, "heal": heal,
+        "teacher": str(teacher) if teacher else None, "heal": heal, "target_size_mib": target_size,
     }
     options = BuildOptions(character=character, out=out, recipe=recipe, overrides=overrides, device=device)
     if quiet or json_out:
@@ -124,6 +127,11 @@ def _print_build_summary(result) -> None:
     console.print(f"[bold green]built[/] {escape(str(result.path))}  ({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}, {r['architecture']})")
     console.print(f"parameters {params['dense']:,} -> {params['pruned']:,} ({params['kept_fraction']:.1%} kept)")
     console.print(f"llama.cpp vs PyTorch: top-1 {val['top1']:.1%}, mean KL {val['kl_mean']:.4f} over {val['positions']} positions")
+    repetition = val.get("repetition")
+    if repetition:
+        console.print(f"greedy answers looping: {repetition['looping']} of {repetition['answers']}")
+    for warning in r.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     fallbacks = r["quantization"]["fallbacks"]
     if fallbacks:
         console.print(f"{len(fallbacks)} matrices stored in another type than {r['recipe']['quant']} (see report)")

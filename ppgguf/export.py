@@ -131,8 +131,14 @@ def export_gguf(
     write_type: str = "F32",
     general: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    shapes_only: bool = False,
 ) -> dict[str, Any]:
-    """Write `model` to `out_path` (through a temporary name); returns what was written."""
+    """Write `model` to `out_path` (through a temporary name); returns what was written.
+
+    `shapes_only` writes the header and tensor table in full but no tensor data (a sparse file of
+    the full length): what llama.cpp's quantizer needs for a dry run (ppgguf.sizing), for a model
+    whose weights may be on the meta device.
+    """
     config = model.config
     widths = layer_widths(model)
     head_dim = config.head_dim
@@ -182,6 +188,10 @@ def export_gguf(
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"no GGUF name for tensor {hf_name}")
+        if shapes_only:
+            dtype = np.dtype(np_type if tensor.dim() > 1 else np.float32)
+            writer.add_tensor_info(gguf_name, tuple(tensor.shape), dtype, tensor.numel() * dtype.itemsize)
+            continue
         data = tensor.detach().float().cpu().numpy()
         if permute and ".attn_q." in gguf_name:
             data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head"])
@@ -189,16 +199,26 @@ def export_gguf(
             data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head_kv"])
         data = np.ascontiguousarray(data, dtype=np_type if data.ndim > 1 else np.float32)
         writer.add_tensor(gguf_name, data)
-    write_and_place(writer, tmp, out_path)
+    write_and_place(writer, tmp, out_path, shapes_only)
     return {"architecture": arch_name, "widths": widths}
 
 
-def write_and_place(writer: gguf.GGUFWriter, tmp: Path, path: Path) -> None:
-    """Write everything `writer` holds to `tmp`, its temporary name, then rename it to `path`."""
+def write_and_place(writer: gguf.GGUFWriter, tmp: Path, path: Path, shapes_only: bool = False) -> None:
+    """Write everything `writer` holds to `tmp`, its temporary name, then rename it to `path`.
+
+    `shapes_only`: the tensors were added as infos only; their data is left as a sparse hole.
+    """
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        if shapes_only:
+            writer.write_ti_data_to_file()
+            fout = writer.fout[0]
+            pad = writer.ggml_pad
+            fout.truncate(pad(fout.tell(), writer.data_alignment) + sum(
+                pad(ti.nbytes, writer.data_alignment) for ti in writer.tensors[0].values()))
+        else:
+            writer.write_tensors_to_file()
     finally:
         writer.close()
     tmp.replace(path)

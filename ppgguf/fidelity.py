@@ -9,12 +9,16 @@ llama.cpp user will run, not a PyTorch twin.
   embeddings, cosine) is the right character, among the reference characters.
 - `general_knowledge_accuracy`: simple factual multiple-choice questions scored by the
   log-likelihood of each choice (teacher-forced, per byte), as lm-eval's `acc_norm`.
+- `free_form_knowledge`: the same questions asked as a player would, with no choices: the share of
+  greedy answers that name the right choice (keyword match).
+- `repetition_rate`: the share of greedy answers that loop ("the city of the city of ...").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -200,3 +204,58 @@ def general_knowledge_accuracy(llm, tokenizer, items: list[dict], system_prompt:
         picks.append(pick)
         correct += pick == int(item["answer"])
     return {"accuracy": correct / len(items) if items else float("nan"), "questions": len(items), "picks": picks}
+
+
+def _fact_keywords(choice: str) -> list[str]:
+    """What a free-form answer must contain to name `choice`: the choice without its article, and
+    the digits of a number word ("Seven" -> "seven", "7")."""
+    core = re.sub(r"^(the|a|an)\s+", "", choice.strip().lower())
+    return [core] + ([str(NUMBER_WORDS[core])] if core in NUMBER_WORDS else [])
+
+
+NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())} | {
+    "twenty-four": 24, "thirty": 30, "sixty": 60, "one hundred": 100}
+
+
+def names_fact(answer: str, choice: str) -> bool:
+    text = answer.lower()
+    return any(re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", text) for k in _fact_keywords(choice))
+
+
+def free_form_knowledge(llm, tokenizer, items: list[dict], system_prompt: str | None, max_tokens: int = 48) -> dict:
+    """Share of questions whose greedy answer, asked without choices, names the right choice."""
+    from .decode import greedy_answer
+
+    answers = []
+    for item in items:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": item["question"]}]
+        answers.append(greedy_answer(llm, tokenizer.chat_ids(messages, True), max_tokens).text)
+    right = [names_fact(a, item["choices"][int(item["answer"])]) for a, item in zip(answers, items)]
+    return {"accuracy": sum(right) / len(items) if items else float("nan"), "questions": len(items),
+            "answers": answers}
+
+
+# --------------------------------------------------------------------------------------------
+# repetition
+
+# An answer loops when at least this share of its word 4-grams repeat an earlier one (seq-rep-4,
+# Welleck et al. 2019). Answers in voice score 0-0.05; "the city of the city of ..." scores 0.8.
+LOOP_REPEATED_SHARE = 0.25
+
+
+def repeated_share(text: str, n: int = 4) -> float:
+    """Share of the word n-grams of `text` that repeat an earlier n-gram of it."""
+    words = re.findall(r"\w+", text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def loops(text: str) -> bool:
+    return repeated_share(text) >= LOOP_REPEATED_SHARE
+
+
+def repetition_rate(answers: list[str]) -> float:
+    """Share of `answers` that loop."""
+    return sum(map(loops, answers)) / len(answers) if answers else float("nan")

@@ -118,6 +118,10 @@ def _fidelity(val: dict) -> list[str]:
         lines.append("- this quantization type is gated: the build fails if the file disagrees with PyTorch.")
     else:
         lines.append("- this quantization type is measured, not gated: quantization error is expected here.")
+    repetition = val.get("repetition")
+    if repetition:
+        lines.append(f"- greedy answers to {repetition['answers']} validation questions: {repetition['looping']} loop "
+                     "(repeat the same words over and over); the file's sampling settings repeat less.")
     floor = val.get("f16_noise_floor")
     if floor:
         lines.append(

@@ -88,7 +88,7 @@ def check_imatrix_needed(quant: str, has_imatrix: bool) -> None:
         )
 
 
-class _ImatrixArray:
+class ImatrixArray:
     """`llama_model_imatrix_data` entries for the per-column means, NULL-name terminated.
 
     Holds the float buffers and names the C array points into; llama.cpp copies them when the
@@ -126,7 +126,7 @@ def quantize(
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
     params.nthread = threads or os.cpu_count() or 1
     params.allow_requantize = allow_requantize
-    weights = _ImatrixArray(imatrix.means()) if imatrix is not None else None
+    weights = ImatrixArray(imatrix.means()) if imatrix is not None else None
     if weights is not None:
         params.imatrix = weights.pointer
     tmp = dst.with_name(dst.name + ".partial")

@@ -68,6 +68,7 @@ class TrainSection:
 class ExportSection:
     quant: str  # a llama.cpp quant type, upper case
     imatrix: str  # importance matrix for the quantizer: "none", "persona" or "generic" (ppgguf.imatrix)
+    target_size_mib: float  # 0: build the knobs as set; else the best measured configuration within it (ppgguf.sizing)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ FLAT_KEYS = {
     **{key: ("train", key) for key in ("steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr")},
     "validation_prompts": ("validate", "prompts"),
     "imatrix": ("export", "imatrix"),
+    "target_size_mib": ("export", "target_size_mib"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -206,6 +208,9 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         check_imatrix_needed(quant, recipe.export.imatrix != "none")
     except UserError as err:
         raise UserError(f"{where}: {err}" if where else str(err)) from None
+    if recipe.export.target_size_mib < 0:
+        where_key = f"{where}: target_size_mib" if where else "--target-size"
+        raise UserError(f"{where_key} must be a size in MiB (0 for none), got {recipe.export.target_size_mib:g}")
     for key in ("ffn_sparsity", "head_sparsity"):
         check_sparsity(f"{where}: {key}" if where else "--" + key.replace("_", "-"), getattr(recipe.prune, key))
     return replace(recipe, export=replace(recipe.export, quant=quant))

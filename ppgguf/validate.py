@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decode import greedy_answer
 from .errors import UserError
+from .fidelity import loops
 from .llama_io import gguf_logits, open_gguf
+
+# A build warns when at least this share of its greedy answers to the validation questions loop.
+# Measured on dense SmolLM2-135M (benchmarks/frontier.py): 64-token greedy answers loop now and then
+# at 4 bits too, so one looping answer is not yet a broken file.
+LOOPING_WARNING_SHARE = 0.5
 
 # Quant types held to the agreement gate, with the minimum top-1 agreement they must reach.
 GATED_TYPES = {"F32": 0.99, "F16": 0.99}
@@ -134,3 +141,22 @@ def validate_gguf(
                 "the export is wrong, the build is discarded"
             )
     return report
+
+
+def greedy_repetition(path: Path, prompts: list[list[int]], max_tokens: int = 64) -> dict:
+    """The file's greedy answers to `prompts`: how many loop (ppgguf.fidelity.loops), and the first that does."""
+    llm = open_gguf(path, n_ctx=max(len(p) for p in prompts) + max_tokens + 8)
+    try:
+        answers = [greedy_answer(llm, ids, max_tokens).text for ids in prompts]
+    finally:
+        llm.close()
+    looping = [a for a in answers if loops(a)]
+    return {"answers": len(answers), "looping": len(looping), "rate": len(looping) / len(answers),
+            "example": looping[0][:200] if looping else None}
+
+
+def looping_warning(repetition: dict) -> str | None:
+    if repetition["rate"] < LOOPING_WARNING_SHARE:
+        return None
+    return (f"{repetition['looping']} of {repetition['answers']} greedy answers to the validation questions loop "
+            f"(e.g. {repetition['example']!r}); a lower sparsity or a higher-bit quant type loops less")

@@ -71,6 +71,8 @@ def test_build_end_to_end(request, family, per_layer, recipe_file, tmp_path):
     validation = report["validation"]
     assert validation["positions"] > 0 and validation["gated"] is False
     assert validation["top1"] > 0.8, validation  # Q8_0 of a tiny model: close, not exact
+    assert validation["repetition"]["answers"] == 2  # the recipe's validation prompts, answered greedily
+    assert (validation["repetition"]["rate"] >= 0.5) == any("loop" in w for w in report["warnings"])
     assert report["file_bytes"] == out.stat().st_size
     for stage in ("load_base", "calibrate", "score", "surgery", "export", "quantize", "validate", "total"):
         assert report["seconds"][stage] >= 0

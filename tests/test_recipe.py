@@ -14,7 +14,7 @@ FLAT_KEYS = [
     "base", "method", "ffn_sparsity", "head_sparsity", "uniform", "quant", "seed", "generic_sequences",
     "sequence_length", "candidate_questions", "reference_personas", "selected_questions", "answer_tokens",
     "teacher_temperature", "teacher", "steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr",
-    "validation_prompts", "imatrix",  # new knobs go last: the keys before them hash as they always did
+    "validation_prompts", "imatrix", "target_size_mib",  # new knobs go last: the keys before them hash as they always did
 ]
 
 
@@ -35,6 +35,7 @@ def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
     ('[export]\nquant = "Q9_K"\n', "recipe bad.toml: unknown quant type 'Q9_K'"),
     ("[prune]\nffn_sparsity = 1.5\n", "recipe bad.toml: ffn_sparsity must be in [0, 1), got 1.5"),
     ("[prune]\nhead_sparsity = -0.1\n", "recipe bad.toml: head_sparsity must be in [0, 1), got -0.1"),
+    ("[export]\ntarget_size_mib = -5\n", "recipe bad.toml: target_size_mib must be a size in MiB (0 for none), got -5"),
     ('[train]\nsteps = "7"\n', "recipe bad.toml: 'steps' must be int, got '7'"),
     ("[train]\nstep = 7\n", "recipe bad.toml: unknown key 'step' in [train]"),
     ("[trian]\nsteps = 7\n", "recipe bad.toml: unknown section [trian]"),

@@ -1,0 +1,278 @@
+"""Frontier benchmark: is a ppgguf file the best file at its size?
+
+A user who wants a smaller NPC can take the dense model at a lower quant instead, so every ppgguf
+file is compared with the dense files of the same size. For each RoleBench character
+(../shared/data/paper-eval/), the dense model and the model pruned by ppgguf's own pruning stage
+(persona method, the recipe's training) at each sparsity are each quantized to every type with each
+importance matrix (none; the generic calibration text; the persona calibration answers, which is
+what `ppgguf build --imatrix persona` uses), and every file is measured through llama.cpp:
+
+- KL: teacher-forced KL(dense F16 || file) on the dense model's greedy in-voice answers to the
+  character's 40 held-out questions (never used in calibration), the persona prompt in context;
+- MiB: the file's size; with `--answers TYPE ...`, for those types also
+- attribution and repetition: the file's own greedy answers to the held-out questions, nearest
+  character description (all-MiniLM-L6-v2) and the share of answers that loop;
+- knowledge: 42 general questions asked in character, as 4-choice log-likelihood and free-form
+  (the greedy answer names the right choice); decode tok/s of one 64-token run (time it alone).
+
+The default base is a Q4_1 GGUF: its "dense" model is the dequantized 4-bit one, so requantizing to
+4-5 bits is nearly free and KL measures the cost of requantizing, not of quantizing bf16 weights.
+
+    python benchmarks/frontier.py --json out.json                   # dense only, KL of every type
+    python benchmarks/frontier.py --sparsities 0 0.375 --answers Q8_0 Q4_0 --png frontier.png
+    python benchmarks/frontier.py --tables out.json --png frontier.png   # from a saved run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from fidelity import ROLEBENCH_NAMES, held_out_answers, load_character, prune_for
+
+from ppgguf import fidelity
+from ppgguf.base import load_base
+from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
+from ppgguf.decode import greedy_answer
+from ppgguf.export import export_gguf
+from ppgguf.imatrix import collect_imatrix
+from ppgguf.llama_io import open_gguf
+from ppgguf.persona import persona_from_text
+from ppgguf.quantize import QUANT_TYPES, quantize
+from ppgguf.recipe import load_recipe
+from ppgguf.speed import speed_sample
+from ppgguf.tokenizer import ChatTokenizer
+
+# The types whose SmolLM2 files differ in size; IQ3_M, Q3_K_S, IQ2_M and others land within 2 MiB of
+# these (its 576-wide rows fall back from 256-blocks, and the Q8_0 token embedding is a third of the file).
+QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "IQ4_NL", "Q4_0", "IQ4_XS", "IQ3_S", "Q2_K", "IQ2_XXS"]
+IMATRIX_BLIND = {"F32", "F16", "BF16", "Q8_0"}  # llama.cpp quantizes these the same with or without one
+
+
+def files_to_make(quants: list[str], kinds: list[str]) -> list[tuple[str, str]]:
+    """(quant, imatrix kind) pairs that give distinct files."""
+    pairs = []
+    for quant in quants:
+        for kind in kinds:
+            if kind != "none" and quant in IMATRIX_BLIND:
+                continue
+            if kind == "none" and QUANT_TYPES[quant].needs_imatrix:
+                continue
+            pairs.append((quant, kind))
+    return pairs
+
+
+class Judge:
+    """One character's references: the dense F16 model, its held-out answers and the measures."""
+
+    def __init__(self, dense_path: Path, tokenizer, persona, character, embed, knowledge):
+        self.dense = open_gguf(dense_path, n_ctx=2048, logits_all=True)
+        self.tokenizer, self.persona, self.character = tokenizer, persona, character
+        held_out = held_out_answers(self.dense, tokenizer, persona.system_prompt, character["questions"])
+        self.prompts = [p for p, _ in held_out]
+        self.sequences = [p + a for p, a in held_out]
+        self.spans = [(len(p), len(p) + len(a)) for p, a in held_out]
+        self.embed, self.knowledge = embed, knowledge
+        self.others = [load_character(i, 2)["description"] for i, name in enumerate(ROLEBENCH_NAMES)
+                       if name != character["name"]]
+
+    def measure(self, path: Path, answers: bool) -> dict:
+        llm = open_gguf(path, n_ctx=2048, logits_all=True)
+        try:
+            row = {"mib": round(path.stat().st_size / 2**20, 2), "bytes": path.stat().st_size,
+                   "kl": fidelity.teacher_forced_kl(self.dense, llm, self.sequences, self.spans)["kl_mean"]}
+            if answers:
+                row.update(self._answer_measures(llm))
+        finally:
+            llm.close()
+        return row
+
+    def _answer_measures(self, llm) -> dict:
+        texts = [greedy_answer(llm, p, 64).text for p in self.prompts]
+        system = self.persona.system_prompt
+        free = fidelity.free_form_knowledge(llm, self.tokenizer, self.knowledge, system)
+        return {
+            "attribution": fidelity.attribution(texts, self.character["description"], self.others, self.embed)["accuracy"],
+            "repetition": fidelity.repetition_rate(texts),
+            "knowledge_choice": fidelity.general_knowledge_accuracy(llm, self.tokenizer, self.knowledge, system)["accuracy"],
+            "knowledge_free": free["accuracy"],
+            "decode_tok_s": speed_sample(llm, self.prompts[0], 64).decode_tokens_per_s,
+            "answers": texts,
+        }
+
+    def close(self) -> None:
+        self.dense.close()
+
+
+def measure_character(index: int, args, recipe, base, tokenizer, generic, embed, knowledge, work: Path) -> list[dict]:
+    character = load_character(index, args.questions)
+    persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
+    persona_seqs = []
+    if "persona" in args.imatrix or any(args.sparsities):
+        examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
+                                              lambda m: print(f"  {m}", file=sys.stderr))
+        persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
+    dense_path = work / "dense.f16.gguf"
+    if not dense_path.is_file():
+        export_gguf(base.model, base.family, base.tokenizer_spec, dense_path, "F16")
+    judge = Judge(dense_path, tokenizer, persona, character, embed, knowledge)
+    rows = []
+    for sparsity in args.sparsities:
+        started = time.perf_counter()
+        model = base.model if sparsity == 0 else prune_for("persona", base.model, persona_seqs, generic, recipe,
+                                                            sparsity, 0.0)
+        f32 = work / f"model-{sparsity}.f32.gguf"
+        export_gguf(model, base.family, base.tokenizer_spec, f32, "F32")
+        calibration = {"generic": generic, "persona": [ids for ids, _ in persona_seqs]}
+        matrices = {kind: collect_imatrix(model, base.family, calibration[kind])
+                    for kind in args.imatrix if kind != "none"}
+        print(f"  {character['name']} sparsity {sparsity}: model ready in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr)
+        for quant, kind in files_to_make(args.quants, args.imatrix):
+            out = work / f"{sparsity}-{quant}-{kind}.gguf"
+            started = time.perf_counter()
+            quantize(f32, out, quant, allow_requantize=True, imatrix=matrices.get(kind))
+            row = {"character": character["name"], "sparsity": sparsity, "quant": quant, "imatrix": kind,
+                   **judge.measure(out, quant in args.answers), "seconds": round(time.perf_counter() - started, 1)}
+            out.unlink()
+            print(f"  {character['name']} {sparsity} {quant} {kind}: {row['mib']} MiB KL {row['kl']:.4f}"
+                  + "".join(f" {k} {row[k]:.2f}" for k in ANSWER_METRICS if k in row), file=sys.stderr)
+            rows.append(row)
+        f32.unlink()
+        if model is not base.model:
+            del model
+    judge.close()
+    return rows
+
+
+ANSWER_METRICS = ["attribution", "repetition", "knowledge_choice", "knowledge_free", "decode_tok_s"]
+
+
+def configurations(rows: list[dict]) -> list[dict]:
+    """Mean over characters per (sparsity, quant, imatrix), smallest file first."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["sparsity"], row["quant"], row["imatrix"]), []).append(row)
+    out = []
+    for (sparsity, quant, kind), group in groups.items():
+        mean = {"sparsity": sparsity, "quant": quant, "imatrix": kind, "characters": len(group),
+                "mib": float(np.mean([r["mib"] for r in group])), "kl": float(np.mean([r["kl"] for r in group]))}
+        for metric in ANSWER_METRICS:
+            values = [r[metric] for r in group if metric in r]
+            if values:
+                mean[metric] = float(np.mean(values))
+        out.append(mean)
+    return sorted(out, key=lambda c: (c["mib"], c["kl"]))
+
+
+def on_frontier(configs: list[dict]) -> list[dict]:
+    """The configurations no smaller-or-equal file beats on KL."""
+    best, frontier = float("inf"), []
+    for config in configs:  # smallest first
+        if config["kl"] < best:
+            best = config["kl"]
+            frontier.append(config)
+    return frontier
+
+
+def print_table(rows: list[dict]) -> None:
+    configs = configurations(rows)
+    frontier = {id(c) for c in on_frontier(configs)}
+    names = ", ".join(sorted({r["character"] for r in rows}))
+    print(f"\nmeans over {len({r['character'] for r in rows})} characters ({names}); * = on the frontier "
+          "(no file of no greater size has a lower KL)\n")
+    metrics = [m for m in ANSWER_METRICS if any(m in c for c in configs)]
+    print("| model | quant | imatrix | MiB | KL | " + " | ".join(metrics) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(metrics))
+    for c in configs:
+        model = "dense" if c["sparsity"] == 0 else f"ppgguf {c['sparsity']:g}"
+        cells = [f"{c[m]:.2f}" if m in c else "-" for m in metrics]
+        star = "*" if id(c) in frontier else ""
+        print(f"| {model} | {c['quant']} | {c['imatrix']} | {c['mib']:.1f} | {c['kl']:.4f}{star} | " + " | ".join(cells) + " |")
+
+
+def write_png(rows: list[dict], path: Path) -> None:
+    """KL against MiB: one line per (model, imatrix), the dense ones first (Pillow, no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    configs = configurations(rows)
+    width, height, pad = 900, 600, 70
+    mibs = [c["mib"] for c in configs]
+    kls = [np.log10(max(c["kl"], 1e-4)) for c in configs]
+    x_of = lambda m: pad + (m - min(mibs)) / max(max(mibs) - min(mibs), 1e-9) * (width - 2 * pad)  # noqa: E731
+    y_of = lambda k: height - pad - (k - min(kls)) / max(max(kls) - min(kls), 1e-9) * (height - 2 * pad)  # noqa: E731
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(pad, pad), (pad, height - pad), (width - pad, height - pad)], fill="black")
+    draw.text((width // 2 - 40, height - pad + 30), "file size (MiB)", fill="black")
+    draw.text((5, pad - 30), "KL to dense F16 (log scale)", fill="black")
+    for mib in (min(mibs), max(mibs)):
+        draw.text((x_of(mib) - 10, height - pad + 8), f"{mib:.0f}", fill="black")
+    for kl in (min(kls), max(kls)):
+        draw.text((8, y_of(kl) - 6), f"{10 ** kl:.3g}", fill="black")
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    series = sorted({(c["sparsity"], c["imatrix"]) for c in configs})
+    for i, (sparsity, kind) in enumerate(series):
+        points = sorted((x_of(c["mib"]), y_of(np.log10(max(c["kl"], 1e-4))), c["quant"]) for c in configs
+                        if (c["sparsity"], c["imatrix"]) == (sparsity, kind))
+        colour = colours[i % len(colours)]
+        if len(points) > 1:
+            draw.line([(x, y) for x, y, _ in points], fill=colour, width=2)
+        for x, y, quant in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            draw.text((x + 4, y - 12), quant, fill=colour)
+        label = ("dense" if sparsity == 0 else f"ppgguf {sparsity:g}") + f", imatrix {kind}"
+        draw.text((width - pad - 190, pad + 16 * i), label, fill=colour)
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--characters", type=int, default=5)
+    parser.add_argument("--first", type=int, default=0, help="index of the first RoleBench character")
+    parser.add_argument("--questions", type=int, default=40)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0], help="FFN sparsities; 0 is dense")
+    parser.add_argument("--quants", nargs="+", default=QUANTS)
+    parser.add_argument("--imatrix", nargs="+", default=["none", "generic", "persona"], choices=["none", "generic", "persona"])
+    parser.add_argument("--answers", nargs="*", default=[], metavar="TYPE",
+                        help="types whose files also get the greedy-answer measures (a minute or more a file)")
+    parser.add_argument("--recipe", default="default", help="calibration and pruning recipe")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--png", type=Path)
+    parser.add_argument("--tables", type=Path, nargs="+", metavar="RESULTS_JSON", help="measure nothing: merge saved runs")
+    args = parser.parse_args()
+    if args.tables:
+        rows = [row for path in args.tables for row in json.loads(path.read_text())["rows"]]
+    else:
+        rows = run(args)
+    print_table(rows)
+    if args.png:
+        write_png(rows, args.png)
+
+
+def run(args) -> list[dict]:
+    recipe = load_recipe(args.recipe)
+    work = Path(tempfile.mkdtemp(prefix="ppgguf-frontier-"))
+    base = load_base(recipe.base.model, work)
+    tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
+    generic = generic_sequences(tokenizer, recipe.calibration.generic_sequences, recipe.calibration.sequence_length)
+    embed = fidelity.load_embedder() if args.answers else None
+    knowledge = fidelity.load_general_knowledge()
+    rows = []
+    for index in range(args.first, args.first + args.characters):
+        started = time.perf_counter()
+        rows += measure_character(index, args, recipe, base, tokenizer, generic, embed, knowledge, work)
+        print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        if args.json:
+            saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tables"}
+            args.json.write_text(json.dumps({"args": saved, "recipe": recipe.to_json(), "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The size of a build's file, known before any long stage: llama.cpp's own quantizer, in a dry run.
+
+llama.cpp chooses every tensor's type itself (width fallbacks, K-quant mixes that give some tensors
+more bits, a different choice with an importance matrix), so a size computed from bits per weight
+is off by megabytes. Instead a shape-only GGUF (header and tensor table in full, the data a sparse
+hole) of the model at the build's widths, with the build's own metadata, goes through
+`llama_model_quantize` with `dry_run`, which logs the type it would give every tensor; the file's
+bytes follow exactly from those types (gguf-py's block sizes) and the header.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import gguf
+import numpy as np
+import torch
+
+from .errors import UserError
+from .export import export_gguf, gguf_metadata
+from .llama_io import captured_stderr, llama_log
+from .plan import Importance, make_plan
+from .quantize import QUANT_TYPES, ImatrixArray, check_quant_type
+from .recipe import Recipe, with_overrides
+from .surgery import apply_plan
+
+if TYPE_CHECKING:
+    from .base import BaseModel
+    from .persona import Persona
+    from .tokenizer import TokenizerSpec
+
+# One line per tensor: "[  12/ 272] blk.1.attn_q.weight - [ 576, 576, 1, 1], type = f32, size = ... -> ... (q4_0)"
+_TENSOR_LINE = re.compile(
+    r"^\[\s*\d+/\s*\d+\]\s+(?P<name>\S+)\s+- \[(?P<shape>[\d,\s]+)\], type =\s+(?P<src>\w+),"
+    r"(?:.*?->\s+[\d.]+ MiB \((?P<dst>\w+)\))?", re.M)
+# The key llama.cpp's quantizer adds to every file it writes (u64 key length, key, u32 type, u32 value).
+_QUANTIZATION_VERSION_KV = 8 + len(gguf.Keys.General.QUANTIZATION_VERSION) + 4 + 4
+
+
+def shaped_like(model: torch.nn.Module, ffn_sparsity: float, head_sparsity: float) -> torch.nn.Module:
+    """A weightless (meta-device) copy of `model` at the widths a uniform pruning plan gives it."""
+    with torch.device("meta"):
+        shell = type(model)(copy.deepcopy(model.config))
+    layers = shell.model.layers
+    n_groups = model.config.num_key_value_heads
+    importance = Importance(ffn=[torch.zeros(layer.mlp.gate_proj.out_features) for layer in layers],
+                            heads=[torch.zeros(n_groups) for _ in layers])
+    return apply_plan(shell, make_plan(importance, ffn_sparsity, head_sparsity, uniform=True))
+
+
+def predicted_file_bytes(write_shapes: Callable[[Path], None], quant: str, with_imatrix: bool, work: Path) -> int:
+    """Bytes of the file `quant` gives, from the shape-only GGUF `write_shapes(path)` writes."""
+    quant = check_quant_type(quant)
+    path = work / "shapes.f32.gguf"
+    write_shapes(path)
+    try:
+        reader = gguf.GGUFReader(path)
+        tensors = {t.name: t for t in reader.tensors}
+        if quant == "F32":
+            return path.stat().st_size
+        types = _dry_run_types(path, quant, tensors if with_imatrix else None)
+        header = _header_end(reader) + _QUANTIZATION_VERSION_KV
+    finally:
+        path.unlink(missing_ok=True)
+    missing = set(tensors) - set(types)
+    if missing:
+        raise UserError(f"llama.cpp's dry run did not report the type of {len(missing)} tensors "
+                        f"(e.g. {sorted(missing)[0]}); this llama.cpp logs differently: predicted sizes are unavailable")
+    align = reader.alignment
+    data = sum(_padded(_tensor_bytes(tensors[name], types[name]), align) for name in tensors)
+    return _padded(header, align) + data
+
+
+def _dry_run_types(path: Path, quant: str, imatrix_of: dict | None) -> dict[str, gguf.GGMLQuantizationType]:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
+    params.dry_run = True
+    # With an importance matrix some mixes choose other types, so a stand-in of the right shapes goes along.
+    weights = ImatrixArray({name: np.ones(int(t.shape[0]), np.float32) for name, t in imatrix_of.items()
+                             if len(t.shape) == 2}) if imatrix_of else None
+    if weights is not None:
+        params.imatrix = weights.pointer
+    with captured_stderr() as log, llama_log() as messages:
+        rc = llama_cpp.llama_model_quantize(str(path).encode(), str(path.with_suffix(".dry")).encode(),
+                                            ctypes.byref(params))
+    if rc != 0:
+        raise UserError(f"llama.cpp could not plan {quant} for this model: {messages.last_line() or log.last_line()}")
+    types = {}
+    for match in _TENSOR_LINE.finditer(messages.text + "\n" + log.text):
+        types[match["name"]] = gguf.GGMLQuantizationType[(match["dst"] or match["src"]).upper()]
+    return types
+
+
+def _tensor_bytes(tensor, qtype: gguf.GGMLQuantizationType) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    shape = [int(n) for n in tensor.shape]
+    return int(np.prod(shape[1:], dtype=np.int64)) * (shape[0] // block) * size
+
+
+def _header_end(reader: gguf.GGUFReader) -> int:
+    """Where the tensor table ends, before the padding to the data: the bytes of the header."""
+    field = reader.tensors[-1].field
+    return int(field.offset) + sum(int(part.nbytes) for part in field.parts)
+
+
+def _padded(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+# --------------------------------------------------------------------------------------------
+# A build's predicted size, and the configuration for a size target
+
+
+def predict_build_bytes(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: Persona, work: Path) -> int:
+    """Bytes of the file `recipe` builds from `base`: its widths, its metadata, its quant type."""
+    prune = recipe.prune
+    model = shaped_like(base.model, prune.ffn_sparsity, prune.head_sparsity)
+    metadata = gguf_metadata(persona, base, recipe, model)
+    return predicted_file_bytes(
+        lambda path: export_gguf(model, base.family, spec, path, "F32", **metadata, shapes_only=True),
+        recipe.export.quant, recipe.export.imatrix != "none", work)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    ffn_sparsity: float
+    quant: str
+    imatrix: str
+    kl: float  # mean KL measured by benchmarks/frontier.py (see MEASURED_ON)
+
+    def overrides(self) -> dict:
+        return {"ffn_sparsity": self.ffn_sparsity, "head_sparsity": 0.0, "uniform": True, "quant": self.quant,
+                "imatrix": self.imatrix}
+
+
+# What benchmarks/frontier.py measured (mean KL to the dense F16 model on held-out questions); a
+# target takes the lowest KL whose file fits, each size predicted for the build's own base model.
+MEASURED_ON = "PLACEHOLDER"
+CANDIDATES = (
+    Candidate(0.0, "Q8_0", "none", 0.005),
+)
+
+
+def fit_to_size(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: Persona, work: Path) -> tuple[Recipe, dict]:
+    """The recipe a build runs, and what its size will be.
+
+    Without a size target the recipe is kept. With one, the candidate with the lowest measured KL
+    whose predicted file fits is chosen; a target no candidate reaches is refused with the smallest
+    size there is.
+    """
+    target = recipe.export.target_size_mib
+    if not target:
+        return recipe, {"predicted_bytes": predict_build_bytes(recipe, base, spec, persona, work)}
+    smallest = None
+    for candidate in sorted(CANDIDATES, key=lambda c: c.kl):
+        chosen = with_overrides(recipe, candidate.overrides())
+        predicted = predict_build_bytes(chosen, base, spec, persona, work)
+        if predicted <= target * 2**20:
+            return chosen, {"predicted_bytes": predicted, "target_mib": target, "measured_kl": candidate.kl,
+                            "measured_on": MEASURED_ON}
+        if smallest is None or predicted < smallest[0]:
+            smallest = (predicted, candidate)
+    size, candidate = smallest
+    raise UserError(
+        f"--target-size {target:g} MiB cannot be reached: the smallest file ppgguf makes of {base.name} is "
+        f"{size / 2**20:.1f} MiB (FFN sparsity {candidate.ffn_sparsity:g}, {candidate.quant}); "
+        f"ask for at least {size / 2**20:.1f}")
+
+
+CHOSEN_BY_TARGET = ("ffn_sparsity", "head_sparsity", "quant", "imatrix", "uniform")
+
+
+def check_target_options(recipe: Recipe, overrides: dict) -> None:
+    """A size target chooses sparsity, quant type and imatrix itself: refuse options that set them too."""
+    if not recipe.export.target_size_mib:
+        return
+    given = [key for key in CHOSEN_BY_TARGET if overrides.get(key) is not None]
+    if given:
+        flags = ", ".join("--per-layer" if key == "uniform" else "--" + key.replace("_", "-") for key in given)
+        raise UserError(f"--target-size chooses FFN sparsity, quant type and imatrix itself; drop {flags} "
+                        "(or drop --target-size to set them)")

@@ -1,0 +1,131 @@
+"""Predicted file sizes (llama.cpp's dry run on a shape-only GGUF) and the choice for a size target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppgguf import sizing
+from ppgguf.build import BuildOptions, build
+from ppgguf.errors import UserError
+from ppgguf.export import export_gguf
+from ppgguf.imatrix import collect_imatrix
+from ppgguf.plan import Importance, make_plan
+from ppgguf.quantize import quantize
+from ppgguf.recipe import load_recipe, with_overrides
+from ppgguf.sizing import Candidate, fit_to_size, predicted_file_bytes, shaped_like
+from ppgguf.surgery import apply_plan, layer_widths
+
+CHARACTER = Path(__file__).resolve().parent.parent / "examples" / "captain_mirela.txt"
+
+
+def _pruned(tiny, ffn_sparsity, head_sparsity):
+    model = tiny.fresh()
+    g = torch.Generator().manual_seed(7)
+    layers = model.model.layers
+    importance = Importance(ffn=[torch.rand(l.mlp.gate_proj.out_features, generator=g) for l in layers],
+                            heads=[torch.rand(model.config.num_key_value_heads, generator=g) for _ in layers])
+    return apply_plan(model, make_plan(importance, ffn_sparsity, head_sparsity))
+
+
+def test_the_shape_model_has_the_widths_pruning_gives(tiny_llama):
+    for ffn, heads in [(0.0, 0.0), (0.5, 0.5), (0.3, 0.0)]:
+        shell = shaped_like(tiny_llama.model, ffn, heads)
+        assert layer_widths(shell) == layer_widths(_pruned(tiny_llama, ffn, heads))
+        assert next(shell.parameters()).device.type == "meta"
+
+
+@pytest.mark.parametrize("quant,imatrix", [("F16", False), ("Q8_0", False), ("Q4_0", False), ("Q4_0", True),
+                                           ("Q4_K_M", False), ("IQ4_NL", True), ("Q2_K", False)])
+def test_the_predicted_size_is_the_size_llama_cpp_writes(tiny, quant, imatrix, token_sequences, tmp_path):
+    model = _pruned(tiny, 0.5, 0.5)
+    f32 = tmp_path / "m.f32.gguf"
+    export_gguf(model, tiny.base.family, tiny.base.tokenizer_spec, f32, "F32", extra={"ppgguf.persona.name": "Mirela"})
+    matrix = collect_imatrix(model, tiny.base.family, token_sequences) if imatrix else None
+    out = tmp_path / "m.gguf"
+    quantize(f32, out, quant, imatrix=matrix)
+
+    shell = shaped_like(tiny.model, 0.5, 0.5)
+    predicted = predicted_file_bytes(
+        lambda path: export_gguf(shell, tiny.base.family, tiny.base.tokenizer_spec, path, "F32",
+                                 extra={"ppgguf.persona.name": "Mirela"}, shapes_only=True),
+        quant, imatrix, tmp_path)
+    assert predicted == out.stat().st_size
+    assert not list(tmp_path.glob("shapes*"))
+
+
+def test_a_shape_only_file_has_the_full_length_and_writes_no_data(tiny_llama, tmp_path):
+    shapes, full = tmp_path / "s.gguf", tmp_path / "f.gguf"
+    export_gguf(tiny_llama.fresh(), tiny_llama.base.family, tiny_llama.base.tokenizer_spec, full, "F32")
+    export_gguf(shaped_like(tiny_llama.model, 0.0, 0.0), tiny_llama.base.family, tiny_llama.base.tokenizer_spec,
+                shapes, "F32", shapes_only=True)
+    assert shapes.stat().st_size == full.stat().st_size
+    assert shapes.stat().st_blocks * 512 < full.stat().st_size / 4  # a sparse hole, not zeros written
+
+
+RANKED = (Candidate(0.0, "Q8_0", "none", 0.01), Candidate(0.0, "Q4_0", "generic", 0.2),
+          Candidate(0.5, "Q4_0", "generic", 0.7))
+
+
+def _sizes(tiny, tmp_path) -> dict[tuple, int]:
+    from ppgguf.build import exported_tokenizer_spec
+    from ppgguf.persona import load_persona
+    from ppgguf.tokenizer import ChatTokenizer
+
+    persona = load_persona(CHARACTER)
+    spec = exported_tokenizer_spec(tiny.base, ChatTokenizer(tiny.base.tokenizer_spec, tiny.base.vocab_gguf), persona)
+    recipe = with_overrides(load_recipe(None), {"base": str(tiny.dir)})
+    return {(c.ffn_sparsity, c.quant): sizing.predict_build_bytes(with_overrides(recipe, c.overrides()),
+                                                                  tiny.base, spec, persona, tmp_path)
+            for c in RANKED}, (recipe, spec, persona)
+
+
+def test_a_target_takes_the_lowest_measured_kl_that_fits_and_refuses_what_none_reaches(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(sizing, "CANDIDATES", RANKED)
+    sizes, (recipe, spec, persona) = _sizes(tiny_llama, tmp_path)
+    assert sizes[(0.0, "Q8_0")] > sizes[(0.0, "Q4_0")] > sizes[(0.5, "Q4_0")]
+
+    def fit(mib):
+        return fit_to_size(with_overrides(recipe, {"target_size_mib": mib}), tiny_llama.base, spec, persona, tmp_path)
+
+    chosen, size = fit(sizes[(0.0, "Q8_0")] / 2**20)  # exactly the most faithful one's size
+    assert (chosen.prune.ffn_sparsity, chosen.export.quant) == (0.0, "Q8_0") and size["predicted_bytes"] == sizes[(0.0, "Q8_0")]
+    chosen, size = fit((sizes[(0.0, "Q8_0")] - 1) / 2**20)
+    assert (chosen.prune.ffn_sparsity, chosen.export.quant, chosen.export.imatrix) == (0.0, "Q4_0", "generic")
+    chosen, _ = fit((sizes[(0.0, "Q4_0")] - 1) / 2**20)
+    assert chosen.prune.ffn_sparsity == 0.5
+    smallest = sizes[(0.5, "Q4_0")] / 2**20
+    with pytest.raises(UserError, match=rf"cannot be reached: the smallest file .* is {smallest:.1f} MiB"):
+        fit(smallest * 0.9)
+
+
+def test_without_a_target_the_recipe_is_kept_and_its_size_predicted(tiny_llama, tmp_path):
+    sizes, (recipe, spec, persona) = _sizes(tiny_llama, tmp_path)
+    chosen, size = fit_to_size(recipe, tiny_llama.base, spec, persona, tmp_path)
+    assert chosen == recipe and size["predicted_bytes"] > 0 and "target_mib" not in size
+
+
+def test_a_target_with_the_knobs_it_chooses_is_refused(tiny_llama, tmp_path):
+    with pytest.raises(UserError, match="--target-size chooses .* drop --quant, --per-layer"):
+        build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", device="cpu", overrides={
+            "base": str(tiny_llama.dir), "target_size_mib": 50.0, "quant": "Q4_0", "uniform": False}))
+    with pytest.raises(UserError, match="--target-size must be a size in MiB"):
+        with_overrides(load_recipe(None), {"target_size_mib": -1.0})
+
+
+def test_a_build_states_its_size_before_the_long_stages_and_meets_it(tiny_llama, tmp_path):
+    from test_build import TINY_RECIPE
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_RECIPE, encoding="utf-8")
+    messages = []
+    result = build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe), device="cpu",
+                                overrides={"base": str(tiny_llama.dir), "quant": "Q4_K_M"}), progress=messages.append)
+    predicted = [i for i, m in enumerate(messages) if str(m).startswith("Predicted file size")]
+    calibrating = [i for i, m in enumerate(messages) if "calibration" in str(m)]
+    assert predicted and calibrating and predicted[0] < calibrating[0]
+    report = json.loads(result.report_path.read_text(encoding="utf-8"))
+    assert report["size"]["predicted_bytes"] == report["file_bytes"]
