@@ -19,7 +19,7 @@ The default base is a Q4_1 GGUF: its "dense" model is the dequantized 4-bit one,
 4-5 bits is nearly free and KL measures the cost of requantizing, not of quantizing bf16 weights.
 
     python benchmarks/frontier.py --json out.json                   # dense only, KL of every type
-    python benchmarks/frontier.py --sparsities 0 0.375 --answers Q8_0 Q4_0 --png frontier.png
+    python benchmarks/frontier.py --sparsities 0 0.375 --answers F16 Q4_0:none --png frontier.png
     python benchmarks/frontier.py --tables out.json --png frontier.png   # from a saved run
 """
 
@@ -138,7 +138,8 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
             started = time.perf_counter()
             quantize(f32, out, quant, allow_requantize=True, imatrix=matrices.get(kind))
             row = {"character": character["name"], "sparsity": sparsity, "quant": quant, "imatrix": kind,
-                   **judge.measure(out, quant in args.answers), "seconds": round(time.perf_counter() - started, 1)}
+                   **judge.measure(out, quant in args.answers or f"{quant}:{kind}" in args.answers),
+                   "seconds": round(time.perf_counter() - started, 1)}
             out.unlink()
             print(f"  {character['name']} {sparsity} {quant} {kind}: {row['mib']} MiB KL {row['kl']:.4f}"
                   + "".join(f" {k} {row[k]:.2f}" for k in ANSWER_METRICS if k in row), file=sys.stderr)
@@ -239,8 +240,8 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0], help="FFN sparsities; 0 is dense")
     parser.add_argument("--quants", nargs="+", default=QUANTS)
     parser.add_argument("--imatrix", nargs="+", default=["none", "generic", "persona"], choices=["none", "generic", "persona"])
-    parser.add_argument("--answers", nargs="*", default=[], metavar="TYPE",
-                        help="types whose files also get the greedy-answer measures (a minute or more a file)")
+    parser.add_argument("--answers", nargs="*", default=[], metavar="TYPE[:IMATRIX]",
+                        help="files that also get the greedy-answer measures (two minutes a file), e.g. F16 Q4_0:none")
     parser.add_argument("--recipe", default="default", help="calibration and pruning recipe")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--png", type=Path)

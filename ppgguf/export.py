@@ -199,29 +199,37 @@ def export_gguf(
             data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head_kv"])
         data = np.ascontiguousarray(data, dtype=np_type if data.ndim > 1 else np.float32)
         writer.add_tensor(gguf_name, data)
-    write_and_place(writer, tmp, out_path, shapes_only)
-    return {"architecture": arch_name, "widths": widths}
+    header_bytes = write_and_place(writer, tmp, out_path, shapes_only)
+    written = {"architecture": arch_name, "widths": widths}
+    if shapes_only:  # what ppgguf.sizing needs to predict the quantized file
+        written.update(header_bytes=header_bytes, alignment=writer.data_alignment,
+                       tensors={name: tuple(int(n) for n in ti.shape) for name, ti in writer.tensors[0].items()})
+    return written
 
 
-def write_and_place(writer: gguf.GGUFWriter, tmp: Path, path: Path, shapes_only: bool = False) -> None:
+def write_and_place(writer: gguf.GGUFWriter, tmp: Path, path: Path, shapes_only: bool = False) -> int | None:
     """Write everything `writer` holds to `tmp`, its temporary name, then rename it to `path`.
 
-    `shapes_only`: the tensors were added as infos only; their data is left as a sparse hole.
+    `shapes_only`: the tensors were added as infos only; their data is left as a sparse hole of the
+    full length, and the header's bytes (where the tensor table ends) are returned.
     """
+    header_bytes = None
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         if shapes_only:
             writer.write_ti_data_to_file()
             fout = writer.fout[0]
+            header_bytes = fout.tell()
             pad = writer.ggml_pad
-            fout.truncate(pad(fout.tell(), writer.data_alignment) + sum(
+            fout.truncate(pad(header_bytes, writer.data_alignment) + sum(
                 pad(ti.nbytes, writer.data_alignment) for ti in writer.tensors[0].values()))
         else:
             writer.write_tensors_to_file()
     finally:
         writer.close()
     tmp.replace(path)
+    return header_bytes
 
 
 def _layer_of(gguf_name: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -53,27 +54,35 @@ def shaped_like(model: torch.nn.Module, ffn_sparsity: float, head_sparsity: floa
     return apply_plan(shell, make_plan(importance, ffn_sparsity, head_sparsity, uniform=True))
 
 
-def predicted_file_bytes(write_shapes: Callable[[Path], None], quant: str, with_imatrix: bool, work: Path) -> int:
-    """Bytes of the file `quant` gives, from the shape-only GGUF `write_shapes(path)` writes."""
+@dataclass
+class ShapeFile:
+    """A shape-only GGUF (ppgguf.export with shapes_only) and what its writer knew."""
+
+    path: Path
+    header_bytes: int  # where the tensor table ends, before the padding to the data
+    tensors: dict[str, tuple[int, ...]]  # GGUF name -> shape, numpy order (the last axis is a row)
+    alignment: int
+
+
+def write_shape_file(model: torch.nn.Module, write: Callable[..., dict], path: Path) -> ShapeFile:
+    """`write(model, path, shapes_only=True)` (an export_gguf call) as a ShapeFile."""
+    written = write(model, path, shapes_only=True)
+    return ShapeFile(path, written["header_bytes"], written["tensors"], written["alignment"])
+
+
+def predicted_file_bytes(shapes: ShapeFile, quant: str, with_imatrix: bool) -> int:
+    """Bytes of the file llama.cpp's quantizer makes of `shapes` at `quant`."""
     quant = check_quant_type(quant)
-    path = work / "shapes.f32.gguf"
-    write_shapes(path)
-    try:
-        reader = gguf.GGUFReader(path)
-        tensors = {t.name: t for t in reader.tensors}
-        if quant == "F32":
-            return path.stat().st_size
-        types = _dry_run_types(path, quant, tensors if with_imatrix else None)
-        header = _header_end(reader) + _QUANTIZATION_VERSION_KV
-    finally:
-        path.unlink(missing_ok=True)
-    missing = set(tensors) - set(types)
+    if quant == "F32":
+        return shapes.path.stat().st_size
+    types = _dry_run_types(shapes.path, quant, shapes.tensors if with_imatrix else None)
+    missing = set(shapes.tensors) - set(types)
     if missing:
         raise UserError(f"llama.cpp's dry run did not report the type of {len(missing)} tensors "
                         f"(e.g. {sorted(missing)[0]}); this llama.cpp logs differently: predicted sizes are unavailable")
-    align = reader.alignment
-    data = sum(_padded(_tensor_bytes(tensors[name], types[name]), align) for name in tensors)
-    return _padded(header, align) + data
+    header = _padded(shapes.header_bytes + _QUANTIZATION_VERSION_KV, shapes.alignment)
+    return header + sum(_padded(_tensor_bytes(shape, types[name]), shapes.alignment)
+                        for name, shape in shapes.tensors.items())
 
 
 def _dry_run_types(path: Path, quant: str, imatrix_of: dict | None) -> dict[str, gguf.GGMLQuantizationType]:
@@ -83,8 +92,8 @@ def _dry_run_types(path: Path, quant: str, imatrix_of: dict | None) -> dict[str,
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
     params.dry_run = True
     # With an importance matrix some mixes choose other types, so a stand-in of the right shapes goes along.
-    weights = ImatrixArray({name: np.ones(int(t.shape[0]), np.float32) for name, t in imatrix_of.items()
-                             if len(t.shape) == 2}) if imatrix_of else None
+    weights = ImatrixArray({name: np.ones(shape[-1], np.float32) for name, shape in imatrix_of.items()
+                            if len(shape) == 2}) if imatrix_of else None
     if weights is not None:
         params.imatrix = weights.pointer
     with captured_stderr() as log, llama_log() as messages:
@@ -98,16 +107,9 @@ def _dry_run_types(path: Path, quant: str, imatrix_of: dict | None) -> dict[str,
     return types
 
 
-def _tensor_bytes(tensor, qtype: gguf.GGMLQuantizationType) -> int:
+def _tensor_bytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
     block, size = gguf.GGML_QUANT_SIZES[qtype]
-    shape = [int(n) for n in tensor.shape]
-    return int(np.prod(shape[1:], dtype=np.int64)) * (shape[0] // block) * size
-
-
-def _header_end(reader: gguf.GGUFReader) -> int:
-    """Where the tensor table ends, before the padding to the data: the bytes of the header."""
-    field = reader.tensors[-1].field
-    return int(field.offset) + sum(int(part.nbytes) for part in field.parts)
+    return int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
 
 
 def _padded(n: int, align: int) -> int:
@@ -118,14 +120,21 @@ def _padded(n: int, align: int) -> int:
 # A build's predicted size, and the configuration for a size target
 
 
-def predict_build_bytes(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: Persona, work: Path) -> int:
-    """Bytes of the file `recipe` builds from `base`: its widths, its metadata, its quant type."""
-    prune = recipe.prune
-    model = shaped_like(base.model, prune.ffn_sparsity, prune.head_sparsity)
-    metadata = gguf_metadata(persona, base, recipe, model)
-    return predicted_file_bytes(
-        lambda path: export_gguf(model, base.family, spec, path, "F32", **metadata, shapes_only=True),
-        recipe.export.quant, recipe.export.imatrix != "none", work)
+def predict_build_bytes(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: Persona, directory: Path,
+                        shape_files: dict[tuple, ShapeFile]) -> int:
+    """Bytes of the file `recipe` builds from `base`: its widths, its metadata, its quant type.
+
+    Each sparsity's shape file is written once into `directory` and kept in `shape_files` for the
+    next type asked; the caller removes the directory.
+    """
+    key = (recipe.prune.ffn_sparsity, recipe.prune.head_sparsity)
+    if key not in shape_files:
+        model = shaped_like(base.model, *key)
+        metadata = gguf_metadata(persona, base, recipe, model)
+        shape_files[key] = write_shape_file(
+            model, lambda m, path, **kw: export_gguf(m, base.family, spec, path, "F32", **metadata, **kw),
+            directory / f"shapes-{len(shape_files)}.f32.gguf")
+    return predicted_file_bytes(shape_files[key], recipe.export.quant, recipe.export.imatrix != "none")
 
 
 @dataclass(frozen=True)
@@ -156,17 +165,20 @@ def fit_to_size(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: P
     size there is.
     """
     target = recipe.export.target_size_mib
-    if not target:
-        return recipe, {"predicted_bytes": predict_build_bytes(recipe, base, spec, persona, work)}
-    smallest = None
-    for candidate in sorted(CANDIDATES, key=lambda c: c.kl):
-        chosen = with_overrides(recipe, candidate.overrides())
-        predicted = predict_build_bytes(chosen, base, spec, persona, work)
-        if predicted <= target * 2**20:
-            return chosen, {"predicted_bytes": predicted, "target_mib": target, "measured_kl": candidate.kl,
-                            "measured_on": MEASURED_ON}
-        if smallest is None or predicted < smallest[0]:
-            smallest = (predicted, candidate)
+    with tempfile.TemporaryDirectory(dir=work, prefix="shapes-") as directory:
+        shape_files: dict[tuple, ShapeFile] = {}
+        predict = lambda r: predict_build_bytes(r, base, spec, persona, Path(directory), shape_files)  # noqa: E731
+        if not target:
+            return recipe, {"predicted_bytes": predict(recipe)}
+        smallest = None
+        for candidate in sorted(CANDIDATES, key=lambda c: c.kl):
+            chosen = with_overrides(recipe, candidate.overrides())
+            predicted = predict(chosen)
+            if predicted <= target * 2**20:
+                return chosen, {"predicted_bytes": predicted, "target_mib": target, "measured_kl": candidate.kl,
+                                "measured_on": MEASURED_ON}
+            if smallest is None or predicted < smallest[0]:
+                smallest = (predicted, candidate)
     size, candidate = smallest
     raise UserError(
         f"--target-size {target:g} MiB cannot be reached: the smallest file ppgguf makes of {base.name} is "

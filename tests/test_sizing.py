@@ -16,7 +16,7 @@ from ppgguf.imatrix import collect_imatrix
 from ppgguf.plan import Importance, make_plan
 from ppgguf.quantize import quantize
 from ppgguf.recipe import load_recipe, with_overrides
-from ppgguf.sizing import Candidate, fit_to_size, predicted_file_bytes, shaped_like
+from ppgguf.sizing import Candidate, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file
 from ppgguf.surgery import apply_plan, layer_widths
 
 CHARACTER = Path(__file__).resolve().parent.parent / "examples" / "captain_mirela.txt"
@@ -48,13 +48,10 @@ def test_the_predicted_size_is_the_size_llama_cpp_writes(tiny, quant, imatrix, t
     out = tmp_path / "m.gguf"
     quantize(f32, out, quant, imatrix=matrix)
 
-    shell = shaped_like(tiny.model, 0.5, 0.5)
-    predicted = predicted_file_bytes(
-        lambda path: export_gguf(shell, tiny.base.family, tiny.base.tokenizer_spec, path, "F32",
-                                 extra={"ppgguf.persona.name": "Mirela"}, shapes_only=True),
-        quant, imatrix, tmp_path)
-    assert predicted == out.stat().st_size
-    assert not list(tmp_path.glob("shapes*"))
+    shapes = write_shape_file(shaped_like(tiny.model, 0.5, 0.5), lambda m, path, **kw: export_gguf(
+        m, tiny.base.family, tiny.base.tokenizer_spec, path, "F32", extra={"ppgguf.persona.name": "Mirela"}, **kw),
+        tmp_path / "shapes.gguf")
+    assert predicted_file_bytes(shapes, quant, imatrix) == out.stat().st_size
 
 
 def test_a_shape_only_file_has_the_full_length_and_writes_no_data(tiny_llama, tmp_path):
@@ -78,8 +75,9 @@ def _sizes(tiny, tmp_path) -> dict[tuple, int]:
     persona = load_persona(CHARACTER)
     spec = exported_tokenizer_spec(tiny.base, ChatTokenizer(tiny.base.tokenizer_spec, tiny.base.vocab_gguf), persona)
     recipe = with_overrides(load_recipe(None), {"base": str(tiny.dir)})
+    shape_files: dict = {}
     return {(c.ffn_sparsity, c.quant): sizing.predict_build_bytes(with_overrides(recipe, c.overrides()),
-                                                                  tiny.base, spec, persona, tmp_path)
+                                                                  tiny.base, spec, persona, tmp_path, shape_files)
             for c in RANKED}, (recipe, spec, persona)
 
 
@@ -104,8 +102,11 @@ def test_a_target_takes_the_lowest_measured_kl_that_fits_and_refuses_what_none_r
 
 def test_without_a_target_the_recipe_is_kept_and_its_size_predicted(tiny_llama, tmp_path):
     sizes, (recipe, spec, persona) = _sizes(tiny_llama, tmp_path)
-    chosen, size = fit_to_size(recipe, tiny_llama.base, spec, persona, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    chosen, size = fit_to_size(recipe, tiny_llama.base, spec, persona, work)
     assert chosen == recipe and size["predicted_bytes"] > 0 and "target_mib" not in size
+    assert not list(work.iterdir())  # the shape files are gone
 
 
 def test_a_target_with_the_knobs_it_chooses_is_refused(tiny_llama, tmp_path):
