@@ -40,10 +40,10 @@ from ppgguf.base import load_base
 from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
 from ppgguf.decode import greedy_answer
 from ppgguf.export import export_gguf
-from ppgguf.imatrix import collect_imatrix
+from ppgguf.imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
 from ppgguf.llama_io import open_gguf
 from ppgguf.persona import persona_from_text
-from ppgguf.quantize import QUANT_TYPES, quantize
+from ppgguf.quantize import IMATRIX_BLIND, QUANT_TYPES, quantize
 from ppgguf.recipe import load_recipe
 from ppgguf.speed import speed_sample
 from ppgguf.tokenizer import ChatTokenizer
@@ -51,7 +51,8 @@ from ppgguf.tokenizer import ChatTokenizer
 # The types whose SmolLM2 files differ in size; IQ3_M, Q3_K_S, IQ2_M and others land within 2 MiB of
 # these (its 576-wide rows fall back from 256-blocks, and the Q8_0 token embedding is a third of the file).
 QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "IQ4_NL", "Q4_0", "IQ4_XS", "IQ3_S", "Q2_K", "IQ2_XXS"]
-IMATRIX_BLIND = {"F32", "F16", "BF16", "Q8_0"}  # llama.cpp quantizes these the same with or without one
+# A faster sweep: the types at the sizes where the dense curve bends, and the smallest one.
+QUICK_QUANTS = ["F16", "Q8_0", "Q5_0", "Q4_K_M", "IQ4_NL", "Q4_0", "IQ4_XS", "IQ2_XXS"]
 
 
 def files_to_make(quants: list[str], kinds: list[str]) -> list[tuple[str, str]]:
@@ -77,6 +78,8 @@ class Judge:
         self.prompts = [p for p, _ in held_out]
         self.sequences = [p + a for p, a in held_out]
         self.spans = [(len(p), len(p) + len(a)) for p, a in held_out]
+        # Computed once: every file is compared with the same dense distributions (about 1 GB in float64).
+        self.reference = fidelity.answer_logprobs(self.dense, self.sequences, self.spans)
         self.embed, self.knowledge = embed, knowledge
         self.others = [load_character(i, 2)["description"] for i, name in enumerate(ROLEBENCH_NAMES)
                        if name != character["name"]]
@@ -85,7 +88,7 @@ class Judge:
         llm = open_gguf(path, n_ctx=2048, logits_all=True)
         try:
             row = {"mib": round(path.stat().st_size / 2**20, 2), "bytes": path.stat().st_size,
-                   "kl": fidelity.teacher_forced_kl(self.dense, llm, self.sequences, self.spans)["kl_mean"]}
+                   "kl": fidelity.teacher_forced_kl(self.reference, llm, self.sequences, self.spans)["kl_mean"]}
             if answers:
                 row.update(self._answer_measures(llm))
         finally:
@@ -113,7 +116,7 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
     character = load_character(index, args.questions)
     persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
     persona_seqs = []
-    if "persona" in args.imatrix or any(args.sparsities):
+    if "persona" in args.imatrix + args.pruned_imatrix or any(args.sparsities):
         examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
                                               lambda m: print(f"  {m}", file=sys.stderr))
         persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
@@ -122,18 +125,25 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
         export_gguf(base.model, base.family, base.tokenizer_spec, dense_path, "F16")
     judge = Judge(dense_path, tokenizer, persona, character, embed, knowledge)
     rows = []
+    slug = character["name"].lower().replace(" ", "-")
     for sparsity in args.sparsities:
         started = time.perf_counter()
-        model = base.model if sparsity == 0 else prune_for("persona", base.model, persona_seqs, generic, recipe,
-                                                            sparsity, 0.0)
-        f32 = work / f"model-{sparsity}.f32.gguf"
-        export_gguf(model, base.family, base.tokenizer_spec, f32, "F32")
-        calibration = {"generic": generic, "persona": [ids for ids, _ in persona_seqs]}
-        matrices = {kind: collect_imatrix(model, base.family, calibration[kind])
-                    for kind in args.imatrix if kind != "none"}
+        # The F32 export and importance matrices stay in the work directory, so a rerun skips pruning.
+        f32 = work / f"{slug}-{sparsity}.f32.gguf"
+        quants, kinds = (args.quants, args.imatrix) if sparsity == 0 else (args.pruned_quants, args.pruned_imatrix)
+        imatrix_files = {kind: work / f"{slug}-{sparsity}-{kind}.imatrix.gguf" for kind in kinds if kind != "none"}
+        if not (f32.is_file() and all(path.is_file() for path in imatrix_files.values())):
+            model = base.model if sparsity == 0 else prune_for("persona", base.model, persona_seqs, generic, recipe,
+                                                                sparsity, 0.0)
+            export_gguf(model, base.family, base.tokenizer_spec, f32, "F32")
+            calibration = {"generic": generic, "persona": [ids for ids, _ in persona_seqs]}
+            for kind, path in imatrix_files.items():
+                write_imatrix_gguf(collect_imatrix(model, base.family, calibration[kind]), path, [kind])
+            del model
+        matrices = {kind: read_imatrix_gguf(path) for kind, path in imatrix_files.items()}
         print(f"  {character['name']} sparsity {sparsity}: model ready in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
-        for quant, kind in files_to_make(args.quants, args.imatrix):
+        for quant, kind in files_to_make(quants, kinds):
             out = work / f"{sparsity}-{quant}-{kind}.gguf"
             started = time.perf_counter()
             quantize(f32, out, quant, allow_requantize=True, imatrix=matrices.get(kind))
@@ -144,9 +154,6 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
             print(f"  {character['name']} {sparsity} {quant} {kind}: {row['mib']} MiB KL {row['kl']:.4f}"
                   + "".join(f" {k} {row[k]:.2f}" for k in ANSWER_METRICS if k in row), file=sys.stderr)
             rows.append(row)
-        f32.unlink()
-        if model is not base.model:
-            del model
     judge.close()
     return rows
 
@@ -240,9 +247,12 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0], help="FFN sparsities; 0 is dense")
     parser.add_argument("--quants", nargs="+", default=QUANTS)
     parser.add_argument("--imatrix", nargs="+", default=["none", "generic", "persona"], choices=["none", "generic", "persona"])
+    parser.add_argument("--pruned-quants", nargs="+", default=["Q8_0", "Q4_K_M", "IQ4_NL"], help="types of the pruned models")
+    parser.add_argument("--pruned-imatrix", nargs="+", default=["none", "persona"], choices=["none", "generic", "persona"])
     parser.add_argument("--answers", nargs="*", default=[], metavar="TYPE[:IMATRIX]",
                         help="files that also get the greedy-answer measures (two minutes a file), e.g. F16 Q4_0:none")
     parser.add_argument("--recipe", default="default", help="calibration and pruning recipe")
+    parser.add_argument("--work", type=Path, help="keeps each model's F32 export and importance matrices for reruns")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--png", type=Path)
     parser.add_argument("--tables", type=Path, nargs="+", metavar="RESULTS_JSON", help="measure nothing: merge saved runs")
@@ -258,7 +268,8 @@ def main() -> None:
 
 def run(args) -> list[dict]:
     recipe = load_recipe(args.recipe)
-    work = Path(tempfile.mkdtemp(prefix="ppgguf-frontier-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="ppgguf-frontier-"))
+    work.mkdir(parents=True, exist_ok=True)
     base = load_base(recipe.base.model, work)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     generic = generic_sequences(tokenizer, recipe.calibration.generic_sequences, recipe.calibration.sequence_length)

@@ -17,6 +17,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from . import distill
+from .distill import Target
+
 # cuBLAS gives run-to-run identical results only with a fixed workspace; it reads this when PyTorch
 # creates its first cuBLAS handle, so it is set before any GPU work (an explicit setting is kept).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -73,20 +76,21 @@ def answer_logits(model, batch: list[Sequence], prefix_length: int, device: str,
 @torch.no_grad()
 def answer_distributions(
     model, sequences: list[Sequence], device: str, batch_size: int = 8, dtype: torch.dtype = torch.float16,
-    before_pass=None,
-) -> list[torch.Tensor]:
+    before_pass=None, top_k: int = 0,
+) -> list[Target]:
     """Log-probabilities of `model` at the positions that predict each answer, on the CPU.
 
     The dense model's are the KL target of mask learning and healing, kept in fp16 (one vocabulary
-    row per answer token adds up); benchmarks ask for fp32 to measure KL. `before_pass` as in
-    answer_logits.
+    row per answer token adds up), or with `top_k` as their top k and the rest's mass
+    (ppgguf.distill); benchmarks ask for fp32 to measure KL. `before_pass` as in answer_logits.
     """
     prefix_length = shared_prefix_length(sequences)
-    out = []
+    out: list[Target] = []
     for first in range(0, len(sequences), batch_size):
         batch = sequences[first : first + batch_size]
         for logits in answer_logits(model, batch, prefix_length, device, before_pass):
-            out.append(F.log_softmax(logits.float(), -1).to(dtype).cpu())
+            logprobs = F.log_softmax(logits.float(), -1)
+            out.append(distill.top_k(logprobs.cpu(), top_k) if top_k else logprobs.to(dtype).cpu())
     return out
 
 

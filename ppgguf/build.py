@@ -43,7 +43,7 @@ from .output import check_output, companion_paths, output_path, place_files
 from .persona import Persona, load_persona
 from .provenance import input_hashes, versions
 from .prune import Calibration, Pruned, RunCache, prune_model
-from .quantize import quantize
+from .quantize import IMATRIX_BLIND, quantize
 from .recipe import Recipe, load_recipe, with_overrides
 from .runs import atomic_write_json, atomic_write_text, key_of, run_dir
 from .sizing import check_target_options, fit_to_size
@@ -173,7 +173,7 @@ def importance_matrix(model: torch.nn.Module, base: BaseModel, recipe: Recipe, c
                       weights_key: list, clock: StageClock) -> Path | None:
     """The recipe's importance matrix of the pruned model, as llama-imatrix's GGUF in the run directory."""
     kind = recipe.export.imatrix
-    if kind == "none":
+    if kind == "none" or recipe.export.quant in IMATRIX_BLIND:  # nothing to weigh: no calibration run for it
         return None
     path = work / f"imatrix-{kind}-{key_of(weights_key)}.gguf"
     if path.is_file():
@@ -207,7 +207,7 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
         matrix = read_imatrix_gguf(imatrix) if imatrix else None
         report["quantization"] = clock.run(
             "quantize", f"Quantizing to {quant}", lambda: quantize(f32_path, tmp_gguf, quant, imatrix=matrix))
-        report["quantization"]["imatrix"] = recipe.export.imatrix
+        report["quantization"]["imatrix"] = recipe.export.imatrix if imatrix else "none"
         sequences = validation_sequences(tokenizer, persona, recipe.validate.prompts)
         reference = clock.run("reference", "Computing PyTorch reference logits", lambda: torch_logits(model, sequences))
         report["validation"] = clock.run(

@@ -57,24 +57,31 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def teacher_forced_kl(
-    dense_llm, npc_llm, sequences: list[list[int]], answer_spans: list[tuple[int, int]]
-) -> dict:
-    """Mean KL(dense || npc) over answer tokens.
+def answer_logprobs(llm, sequences: list[list[int]], answer_spans: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Log-probabilities of the distributions that predict each answer's tokens (needs logits_all=True).
 
     `answer_spans[i] = (s, e)`: tokens s..e-1 of `sequences[i]` are the answer; the distributions
-    compared are those that predict them (positions s-1..e-2). Both models need logits_all=True.
+    are those at positions s-1..e-2.
     """
-    per_token: list[np.ndarray] = []
-    per_sequence: list[float] = []
+    out = []
     for ids, (s, e) in zip(sequences, answer_spans):
         if not 0 < s < e <= len(ids):
             raise ValueError(f"bad answer span ({s}, {e}) for a sequence of {len(ids)} tokens")
-        p = log_softmax(logits_rows(dense_llm, ids, s - 1, e - 1))
-        q = log_softmax(logits_rows(npc_llm, ids, s - 1, e - 1))
-        kl = (np.exp(p) * (p - q)).sum(-1)
-        per_token.append(kl)
-        per_sequence.append(float(kl.mean()))
+        out.append(log_softmax(logits_rows(llm, ids, s - 1, e - 1)))
+    return out
+
+
+def teacher_forced_kl(
+    dense, npc_llm, sequences: list[list[int]], answer_spans: list[tuple[int, int]]
+) -> dict:
+    """Mean KL(dense || npc) over answer tokens.
+
+    `dense` is the dense model (logits_all=True), or its `answer_logprobs` on the same sequences
+    computed once for many files.
+    """
+    reference = dense if isinstance(dense, list) else answer_logprobs(dense, sequences, answer_spans)
+    per_token = [(np.exp(p) * (p - q)).sum(-1) for p, q in zip(reference, answer_logprobs(npc_llm, sequences, answer_spans))]
+    per_sequence = [float(kl.mean()) for kl in per_token]
     tokens = np.concatenate(per_token) if per_token else np.zeros(0)
     return {
         "kl_mean": float(tokens.mean()) if len(tokens) else float("nan"),

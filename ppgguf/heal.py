@@ -9,13 +9,13 @@ before surgery. The paper reports large gains from recovery finetuning at 50% sp
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .answer_batches import Sequence, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches
+from .distill import Target, kl_loss
 
 
 def heal(
-    model, sequences: list[Sequence], teacher: list[torch.Tensor], steps: int, batch_size: int,
+    model, sequences: list[Sequence], teacher: list[Target], steps: int, batch_size: int,
     lr: float, seed: int, device: str, on_step=None,
 ) -> list[float]:
     """Finetune `model` in place; returns the loss per step."""
@@ -32,11 +32,8 @@ def heal(
             for step, indices in enumerate(shuffled_batches(len(sequences), batch_size, steps, seed)):
                 optimizer.zero_grad(set_to_none=True)
                 batch = [sequences[i] for i in indices]
-                losses = [
-                    F.kl_div(F.log_softmax(logits.float(), -1), teacher[i].to(device).float(), log_target=True,
-                             reduction="batchmean")
-                    for i, logits in zip(indices, answer_logits(model, batch, prefix_length, device))
-                ]
+                losses = [kl_loss(logits, teacher[i])
+                          for i, logits in zip(indices, answer_logits(model, batch, prefix_length, device))]
                 loss = torch.stack(losses).mean()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

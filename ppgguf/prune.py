@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .answer_batches import answer_distributions
 from .coupling import decoder_layers, group_shape
+from .distill import Target
 from .heal import heal
 from .importance import ScoringInputs, data_needed, get_scorer
 from .plan import PruningPlan, make_plan
@@ -80,7 +81,7 @@ def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration
         # already, unless its loss was cross-entropy or the plan came from the run directory.
         teacher = dense_answers or clock.run(
             "heal", "Dense answer distributions for healing",
-            lambda: answer_distributions(model.to(device), sequences, device),
+            lambda: answer_distributions(model.to(device), sequences, device, top_k=recipe.train.teacher_top_k),
         )
         model.to("cpu")
     model = clock.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(model, plan))
@@ -90,7 +91,7 @@ def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration
 
 
 def choose_plan(model, recipe: Recipe, calibration: Calibration, device: str, clock: StageClock,
-                cache_at: RunCache | None) -> tuple[PruningPlan, dict[str, Any], list[torch.Tensor] | None]:
+                cache_at: RunCache | None) -> tuple[PruningPlan, dict[str, Any], list[Target] | None]:
     """Score channels and heads and choose what to keep; reused from the run directory when its key matches.
 
     Returns the plan, the scorer's log and the dense answer distributions the scorer computed (or None).
@@ -104,7 +105,8 @@ def choose_plan(model, recipe: Recipe, calibration: Calibration, device: str, cl
     inputs = ScoringInputs(
         model=model.to(device), ffn_sparsity=prune.ffn_sparsity, head_sparsity=prune.head_sparsity,
         seed=prune.seed, device=device,
-        settings={"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr, "loss": train.loss},
+        settings={"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr, "loss": train.loss,
+                  "teacher_top_k": train.teacher_top_k},
         on_step=step_reporter("Learning masks", clock.progress),
     )
     needed = data_needed(prune.method)
@@ -121,7 +123,7 @@ def choose_plan(model, recipe: Recipe, calibration: Calibration, device: str, cl
     return plan, inputs.log, inputs.dense_answer_logprobs
 
 
-def heal_model(model, recipe: Recipe, calibration: Calibration, teacher: list[torch.Tensor] | None, device: str,
+def heal_model(model, recipe: Recipe, calibration: Calibration, teacher: list[Target] | None, device: str,
                clock: StageClock, healed: Path | None) -> list[float]:
     """Recovery finetuning of the pruned model toward `teacher`; the healed weights are kept at `healed`."""
     if healed and healed.is_file():

@@ -71,6 +71,10 @@ QUANT_TYPES: dict[str, QuantType] = {
 }
 
 
+# Types llama.cpp rounds the same with or without an importance matrix (no weighted search).
+IMATRIX_BLIND = {"F32", "F16", "BF16", "Q8_0"}
+
+
 def check_quant_type(name: str) -> str:
     key = name.upper()
     if key not in QUANT_TYPES:

@@ -62,6 +62,7 @@ class TrainSection:
     heal: bool
     heal_steps: int
     heal_lr: float
+    teacher_top_k: int  # 0: the dense model's whole distributions as targets; k: their top k + the rest (ppgguf.distill)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ FLAT_KEYS = {
     "validation_prompts": ("validate", "prompts"),
     "imatrix": ("export", "imatrix"),
     "target_size_mib": ("export", "target_size_mib"),
+    "teacher_top_k": ("train", "teacher_top_k"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -208,6 +210,9 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         check_imatrix_needed(quant, recipe.export.imatrix != "none")
     except UserError as err:
         raise UserError(f"{where}: {err}" if where else str(err)) from None
+    if recipe.train.teacher_top_k < 0:
+        raise UserError(f"{where + ': ' if where else '--'}teacher_top_k must be 0 (whole distributions) or a "
+                        f"number of tokens, got {recipe.train.teacher_top_k}")
     if recipe.export.target_size_mib < 0:
         where_key = f"{where}: target_size_mib" if where else "--target-size"
         raise UserError(f"{where_key} must be a size in MiB (0 for none), got {recipe.export.target_size_mib:g}")

@@ -150,6 +150,21 @@ def test_kl_of_a_model_with_itself_is_zero(files):
         b.close()
 
 
+def test_kl_against_stored_dense_distributions_is_the_kl_against_the_dense_model(files):
+    from ppgguf.llama_io import open_gguf
+
+    dense = open_gguf(files["dense"], n_ctx=64, logits_all=True)
+    npc = open_gguf(files["npc"], n_ctx=64, logits_all=True)
+    try:
+        seqs, spans = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]], [(3, 6), (2, 5)]
+        direct = fidelity.teacher_forced_kl(dense, npc, seqs, spans)
+        stored = fidelity.teacher_forced_kl(fidelity.answer_logprobs(dense, seqs, spans), npc, seqs, spans)
+        assert direct == stored and direct["kl_mean"] > 1e-3  # two different models: not trivially zero
+    finally:
+        dense.close()
+        npc.close()
+
+
 def test_bench_json(files):
     result = CliRunner().invoke(
         app, ["bench", str(files["npc"]), "--against", str(files["dense"]), "--reps", "2", "--tokens", "8", "--threads", "1", "--json"]

@@ -151,3 +151,26 @@ def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path):
                                overrides={"base": str(tiny_llama.dir)}, device="cpu"))
     assert (tmp_path / "again.gguf").read_bytes() == (tmp_path / "healed.gguf").read_bytes()
     assert again.report["scoring"]["heal_loss_history"] == history
+
+
+def test_top_k_targets_learn_masks_and_heal_with_a_fraction_of_the_memory(tiny_llama, chat_tokenizer, tmp_path):
+    from ppgguf.build import BuildOptions, build
+    from ppgguf.distill import TopK
+
+    whole, sparse = _persona_inputs(tiny_llama, chat_tokenizer), _persona_inputs(tiny_llama, chat_tokenizer, teacher_top_k=8)
+    SCORERS["persona"](whole)
+    SCORERS["persona"](sparse)
+    assert all(isinstance(t, TopK) and t.indices.shape[-1] == 8 for t in sparse.dense_answer_logprobs)
+    assert sum(t.nbytes() for t in sparse.dense_answer_logprobs) * 4 < sum(
+        t.numel() * t.element_size() for t in whole.dense_answer_logprobs)
+    # KL over 9 outcomes (top 8 + rest) never exceeds the whole KL: merging outcomes loses divergence
+    assert all(0 < s <= w + 1e-3 for s, w in zip(sparse.log["loss_history"][:1], whole.log["loss_history"][:1]))
+
+    recipe = tmp_path / "heal.toml"
+    recipe.write_text(HEAL_RECIPE.replace("[train]\n", "[train]\nteacher_top_k = 8\n"))
+    character = tmp_path / "grimbold.txt"
+    character.write_text("Name: Grimbold\n" + PERSONA + "\n")
+    report = build(BuildOptions(character=character, out=tmp_path / "k.gguf", recipe=str(recipe),
+                                overrides={"base": str(tiny_llama.dir)}, device="cpu")).report
+    history = report["scoring"]["heal_loss_history"]
+    assert report["recipe"]["teacher_top_k"] == 8 and len(history) == 6 and history[-1] < history[0]

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..distill import Target
+
 
 @dataclass
 class ScoringInputs:
@@ -21,7 +23,7 @@ class ScoringInputs:
     settings: dict[str, Any] = field(default_factory=dict)  # scorer-specific knobs from the recipe
     on_step: Callable[[int, int, float], None] | None = None  # progress of iterative scorers
     log: dict[str, Any] = field(default_factory=dict)  # what a scorer wants in the build report
-    # The dense model's log-probabilities at the answer positions of persona_sequences (fp16). The
+    # The dense model's answer distributions on persona_sequences (fp16 rows, or ppgguf.distill.TopK). The
     # persona scorer fills this in with its KL loss, so healing can reuse it instead of a second pass.
-    dense_answer_logprobs: list[torch.Tensor] | None = None
+    dense_answer_logprobs: list[Target] | None = None
 

@@ -26,6 +26,7 @@ from ..answer_batches import (
     answer_distributions, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches,
 )
 from ..coupling import Slice, group_shape, layer_couplings, per_entry
+from ..distill import kl_loss
 from ..plan import Importance, kept_ffn_width, kept_kv_groups
 from . import wanda_sp
 from .common import ScoringInputs
@@ -90,8 +91,7 @@ def _batch_loss(model, batch, prefix_length: int, teachers: list, device: str) -
             target = torch.tensor(ids[start:], device=logits.device)
             losses.append(F.cross_entropy(logits, target))
         else:
-            target = teacher_logp.to(logits.device).float()
-            losses.append(F.kl_div(F.log_softmax(logits, -1), target, log_target=True, reduction="batchmean"))
+            losses.append(kl_loss(logits, teacher_logp))
     return torch.stack(losses).mean()
 
 
@@ -110,7 +110,7 @@ def score(inputs: ScoringInputs) -> Importance:
     norms = wanda_sp.InputNorms(model)
     with torch.no_grad(), _autocast(inputs.device), norms:
         dense = answer_distributions(model, sequences, inputs.device, settings["batch_size"],
-                                     before_pass=norms.set_weights)
+                                     before_pass=norms.set_weights, top_k=settings.get("teacher_top_k", 0))
     teacher: list[torch.Tensor | None]
     if settings.get("loss", "kl") == "kl":
         teacher = inputs.dense_answer_logprobs = dense
