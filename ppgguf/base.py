@@ -8,10 +8,11 @@ Three sources, all read without executing code from the model files:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -44,6 +45,22 @@ class BaseModel:
     source: str
     license: str | None
     sha256: str  # of the weights file(s): part of every run key
+
+
+class LoadedBases:
+    """Base models loaded once for several builds (`ppgguf build a.txt b.txt`).
+
+    Pruning cuts a model in place, so every build gets its own copy of the weights.
+    """
+
+    def __init__(self):
+        self._loaded: dict[str | None, BaseModel] = {}
+
+    def load(self, base: str | None, work_dir: Path) -> BaseModel:
+        if base not in self._loaded:
+            self._loaded[base] = load_base(base, work_dir)
+        loaded = self._loaded[base]
+        return replace(loaded, model=copy.deepcopy(loaded.model))
 
 
 def resolve_base(base: str | None) -> Path:

@@ -28,7 +28,7 @@ import gguf
 import torch
 
 from . import __version__
-from .base import BaseModel, load_base
+from .base import BaseModel, LoadedBases, load_base
 from .calibrate import (answer_sequences, cached_persona_calibration, check_teacher, generic_sequences,
                         validation_prompts, validation_sequences)
 from .chat_template import bake_chat_template, chat_format_of
@@ -71,7 +71,26 @@ class BuildResult:
     report: dict
 
 
-def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: None) -> BuildResult:
+def build_many(characters: list[BuildOptions], progress: Callable[[str], None] = lambda _: None) -> list[BuildResult]:
+    """Several characters on one base model, loaded once; each keeps its own run directory and files.
+
+    Every character and output is checked before the first build starts.
+    """
+    outs = [output_path(options.character, options.out) for options in characters]
+    for options in characters:
+        load_persona(options.character)
+    if len(set(outs)) < len(outs):
+        raise UserError("two characters would be written to the same file; give each its own file name")
+    bases = LoadedBases()
+    results = []
+    for i, options in enumerate(characters):
+        progress(f"Character {i + 1} of {len(characters)}: {options.character}")
+        results.append(build(options, progress, bases))
+    return results
+
+
+def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: None,
+          bases: LoadedBases | None = None) -> BuildResult:
     clock = StageClock(progress)
     # Everything that can be checked without loading a model is checked first.
     persona = load_persona(options.character)
@@ -81,7 +100,8 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     check_target_options(recipe, options.overrides)
 
     base_dir = run_dir({"base": recipe.base.model})
-    base = clock.run("load_base", f"Loading base model {recipe.base.model}", lambda: load_base(recipe.base.model, base_dir))
+    base = clock.run("load_base", f"Loading base model {recipe.base.model}",
+                     lambda: bases.load(recipe.base.model, base_dir) if bases else load_base(recipe.base.model, base_dir))
     check_output(out, expected_bytes=parameter_count(base.model) * 4 // 2)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     chat_format = chat_format_of(tokenizer.template)  # the base's own template, before the persona is baked in

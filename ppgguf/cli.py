@@ -52,7 +52,7 @@ def _run(fn, debug: bool, interrupted: str = "interrupted"):
 
 @app.command()
 def build(
-    character: Path = typer.Argument(..., help="Character description: a .txt file (first line or `Name:` line names it)."),
+    characters: list[Path] = typer.Argument(..., metavar="CHARACTER...", help="Character files: .txt (first line or `Name:` line names it), card .json or .png. Several share one loaded base model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output GGUF (default: CHARACTER with .gguf)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model: `smollm2-135m`, a .gguf file or a Hugging Face checkpoint directory."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name (default, quick, tiny) or path to a .toml file."),
@@ -83,27 +83,32 @@ def build(
 
         ppgguf build mirela.txt --target-size 70   # the most faithful file of at most 70 MiB
 
+        ppgguf build guard.txt smith.png innkeeper.json   # one base model load for all three
+
         ppgguf build mirela.txt --ffn-sparsity 0 --head-sparsity 0 --quant F16   # dense reference
     """
-    from .build import BuildOptions
-    from .build import build as run_build
+    from .build import BuildOptions, build_many
 
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
         "quant": quant, "imatrix": imatrix, "seed": seed, "uniform": False if per_layer else None,
         "teacher": str(teacher) if teacher else None, "heal": heal, "target_size_mib": target_size,
     }
-    options = BuildOptions(character=character, out=out, recipe=recipe, overrides=overrides, device=device)
+    if out and len(characters) > 1:
+        _fail("--out names one file: with several characters each GGUF is written beside its character file")
+    many = [BuildOptions(character=c, out=out, recipe=recipe, overrides=overrides, device=device) for c in characters]
     if quiet or json_out:
-        result = _run(lambda: run_build(options), debug, BUILD_INTERRUPTED)
+        results = _run(lambda: build_many(many), debug, BUILD_INTERRUPTED)
     else:
-        result = _run(lambda: _build_with_status(run_build, options), debug, BUILD_INTERRUPTED)
+        results = _run(lambda: _build_with_status(build_many, many), debug, BUILD_INTERRUPTED)
     if json_out:
-        print(json.dumps(result.report, indent=2, ensure_ascii=False))
+        reports = [result.report for result in results]
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False))
     elif quiet:
-        print(result.path)
+        print("\n".join(str(result.path) for result in results))
     else:
-        _print_build_summary(result)
+        for result in results:
+            _print_build_summary(result)
 
 
 def _build_with_status(run_build, options):

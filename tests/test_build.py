@@ -300,3 +300,52 @@ def test_a_type_that_needs_an_importance_matrix_is_refused_up_front(tiny_llama, 
         build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe_file), device="cpu",
                            overrides={"base": str(tiny_llama.dir), "quant": "IQ2_XXS"}))
     assert not (tmp_path / "home" / "runs").exists()
+
+
+def test_several_characters_load_the_base_once_and_build_as_they_would_alone(tiny_llama, recipe_file, tmp_path, monkeypatch):
+    import ppgguf.base
+    from ppgguf.build import build_many
+
+    loads = []
+    real_load = ppgguf.base.load_base
+    monkeypatch.setattr(ppgguf.base, "load_base", lambda *a: loads.append(a) or real_load(*a))
+    first, second = tmp_path / "mirela.txt", tmp_path / "tobin.txt"
+    shutil.copy(CHARACTER, first)
+    shutil.copy(REPO / "examples" / "brother_tobin.txt", second)
+    options = [BuildOptions(character=c, recipe=str(recipe_file), overrides={"base": str(tiny_llama.dir)}, device="cpu")
+               for c in (first, second)]
+    results = build_many(options)
+    assert len(loads) == 1
+    assert [r.path for r in results] == [first.with_suffix(".gguf"), second.with_suffix(".gguf")]
+    assert results[0].report["character"] != results[1].report["character"]
+    assert results[0].report["run_dir"] != results[1].report["run_dir"]
+    assert results[0].report["widths"] == results[1].report["widths"] == [{"n_ff": 128, "n_head": 2, "n_head_kv": 1}] * 2
+    # the second build pruned a fresh copy of the base: alone it writes the same file
+    alone = build(BuildOptions(character=second, out=tmp_path / "alone.gguf", recipe=str(recipe_file),
+                               overrides={"base": str(tiny_llama.dir)}, device="cpu"))
+    assert alone.path.read_bytes() == results[1].path.read_bytes()
+
+
+def test_several_characters_are_all_checked_before_any_build(tiny_llama, recipe_file, tmp_path):
+    from ppgguf.build import build_many
+
+    bad = tmp_path / "empty.txt"
+    bad.write_text("", encoding="utf-8")
+    good = tmp_path / "mirela.txt"
+    shutil.copy(CHARACTER, good)
+    options = [BuildOptions(character=c, recipe=str(recipe_file), overrides={"base": str(tiny_llama.dir)}, device="cpu")
+               for c in (good, bad)]
+    with pytest.raises(UserError):
+        build_many(options)
+    assert not good.with_suffix(".gguf").exists() and not (tmp_path / "home" / "runs").exists()
+
+
+def test_one_out_file_for_several_characters_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from ppgguf.cli import app
+
+    result = CliRunner().invoke(app, ["build", str(CHARACTER), str(REPO / "examples" / "brother_tobin.txt"),
+                                      "--out", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 2 and "--out names one file" in result.output
+    assert "Traceback" not in result.output
