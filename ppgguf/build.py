@@ -45,7 +45,7 @@ from .provenance import input_hashes, versions
 from .prune import Calibration, Pruned, RunCache, prune_model
 from .quantize import IMATRIX_BLIND, quantize
 from .recipe import Recipe, load_recipe, with_overrides
-from .runs import atomic_write_json, atomic_write_text, key_of, run_dir
+from .runs import atomic_write_json, atomic_write_text, base_dir, key_of, run_dir
 from .sizing import check_target_options, fit_to_size
 from .stages import StageClock
 from .surgery import layer_widths, parameter_count, predicted_parameters
@@ -99,15 +99,15 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     out = output_path(options.character, options.out)
     check_target_options(recipe, options.overrides)
 
-    base_dir = run_dir({"base": recipe.base.model})
+    shared = base_dir(recipe.base.model)
     base = clock.run("load_base", f"Loading base model {recipe.base.model}",
-                     lambda: bases.load(recipe.base.model, base_dir) if bases else load_base(recipe.base.model, base_dir))
+                     lambda: bases.load(recipe.base.model, shared) if bases else load_base(recipe.base.model, shared))
     check_output(out, expected_bytes=parameter_count(base.model) * 4 // 2)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     chat_format = chat_format_of(tokenizer.template)  # the base's own template, before the persona is baked in
     warnings = [] if chat_format else [_no_modelfile_warning(progress)]
     spec = exported_tokenizer_spec(base, tokenizer, persona)  # the template falls back to the persona prompt
-    recipe, size = fit_to_size(recipe, base, spec, persona, base_dir)
+    recipe, size = fit_to_size(recipe, base, spec, persona, shared)
     progress(_size_message(recipe, size))
     # The run key covers everything that decides the pruned weights; quant type and output do not.
     plan_key = {"ppgguf": __version__, "system_prompt": persona.system_prompt, **_pruning_settings(recipe)}

@@ -28,6 +28,13 @@ def run_dir(inputs: Any) -> Path:
     return path
 
 
+def base_dir(base: str | None) -> Path:
+    """Where what depends on the base model alone goes (a checkpoint directory's vocab-only GGUF)."""
+    path = cache_root() / "bases" / key_of({"base": base})
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
