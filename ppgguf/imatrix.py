@@ -84,9 +84,11 @@ def collect_imatrix(
     was_training = model.training
     model.eval()
     handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in linears.items()]
+    # A tied output matrix is not measured: the body alone gives every input, without the vocabulary-wide matmul.
+    run = model.model if "output.weight" not in linears else model
     try:
         for ids in sequences:
-            model(torch.tensor([ids], device=device), use_cache=False)
+            run(torch.tensor([ids], device=device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
