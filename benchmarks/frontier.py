@@ -112,7 +112,7 @@ class Judge:
         self.dense.close()
 
 
-def measure_character(index: int, args, recipe, base, tokenizer, generic, embed, knowledge, work: Path) -> list[dict]:
+def measure_character(index: int, args, recipe, base, tokenizer, generic, embed, knowledge, work: Path, save) -> None:
     character = load_character(index, args.questions)
     persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
     persona_seqs = []
@@ -124,7 +124,6 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
     if not dense_path.is_file():
         export_gguf(base.model, base.family, base.tokenizer_spec, dense_path, "F16")
     judge = Judge(dense_path, tokenizer, persona, character, embed, knowledge)
-    rows = []
     slug = character["name"].lower().replace(" ", "-")
     for sparsity in args.sparsities:
         started = time.perf_counter()
@@ -153,9 +152,8 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
             out.unlink()
             print(f"  {character['name']} {sparsity} {quant} {kind}: {row['mib']} MiB KL {row['kl']:.4f}"
                   + "".join(f" {k} {row[k]:.2f}" for k in ANSWER_METRICS if k in row), file=sys.stderr)
-            rows.append(row)
+            save(row)
     judge.close()
-    return rows
 
 
 ANSWER_METRICS = ["attribution", "repetition", "knowledge_choice", "knowledge_free", "decode_tok_s"]
@@ -275,14 +273,18 @@ def run(args) -> list[dict]:
     generic = generic_sequences(tokenizer, recipe.calibration.generic_sequences, recipe.calibration.sequence_length)
     embed = fidelity.load_embedder() if args.answers else None
     knowledge = fidelity.load_general_knowledge()
-    rows = []
-    for index in range(args.first, args.first + args.characters):
-        started = time.perf_counter()
-        rows += measure_character(index, args, recipe, base, tokenizer, generic, embed, knowledge, work)
-        print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    rows: list[dict] = []
+
+    def save(row: dict) -> None:  # after every file, so a stopped run keeps what it measured
+        rows.append(row)
         if args.json:
             saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tables"}
             args.json.write_text(json.dumps({"args": saved, "recipe": recipe.to_json(), "rows": rows}, indent=2))
+
+    for index in range(args.first, args.first + args.characters):
+        started = time.perf_counter()
+        measure_character(index, args, recipe, base, tokenizer, generic, embed, knowledge, work, save)
+        print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return rows
 
 
