@@ -349,3 +349,26 @@ def test_one_out_file_for_several_characters_is_refused(tmp_path):
                                       "--out", str(tmp_path / "x.gguf")])
     assert result.exit_code == 2 and "--out names one file" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_dense_build_with_a_persona_importance_matrix_calibrates_but_neither_scores_nor_heals(tiny_llama, tmp_path, monkeypatch):
+    import ppgguf.prune
+
+    monkeypatch.setattr(ppgguf.prune, "get_scorer", lambda name: pytest.fail("a dense build scored channels"))
+    recipe = tmp_path / "dense.toml"
+    recipe.write_text(tiny_recipe("persona", "IQ4_NL", heal=True, heal_steps=4), encoding="utf-8")
+    out = tmp_path / "dense.gguf"
+    report = build(BuildOptions(character=CHARACTER, out=out, recipe=str(recipe), device="cpu", overrides={
+        "base": str(tiny_llama.dir), "ffn_sparsity": 0.0, "head_sparsity": 0.0, "imatrix": "persona"})).report
+    assert report["seconds"]["calibrate"] > 0 and report["seconds"]["imatrix"] > 0
+    assert "score" not in report["seconds"] and "heal" not in report["seconds"]
+    assert report["quantization"]["imatrix"] == "persona" and report["size"]["predicted_bytes"] == out.stat().st_size
+    assert out.with_name("dense.imatrix.gguf").is_file()
+
+
+def test_a_type_that_uses_no_importance_matrix_gets_none(tiny_llama, recipe_file, tmp_path):
+    out = tmp_path / "m.gguf"
+    report = build(BuildOptions(character=CHARACTER, out=out, recipe=str(recipe_file), device="cpu",
+                                overrides={"base": str(tiny_llama.dir), "quant": "Q8_0", "imatrix": "generic"})).report
+    assert report["quantization"]["imatrix"] == "none" and "imatrix" not in report["seconds"]
+    assert not out.with_name("m.imatrix.gguf").exists()
