@@ -71,7 +71,7 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
-    """Build a pruned, quantized, validated GGUF of one character.
+    """Build a quantized, validated GGUF of each character, pruned where a smaller file is asked for.
 
     Examples:
 

@@ -152,9 +152,16 @@ class Candidate:
 
 # What benchmarks/frontier.py measured (mean KL to the dense F16 model on held-out questions); a
 # target takes the lowest KL whose file fits, each size predicted for the build's own base model.
-MEASURED_ON = "PLACEHOLDER"
+# Only configurations on the measured frontier are listed (a dominated one would never be chosen there).
+MEASURED_ON = ("SmolLM2-135M-Instruct, Jack Torrance, 40 held-out questions "
+               "(benchmarks/results/frontier-jack-torrance-40-questions.json)")
 CANDIDATES = (
-    Candidate(0.0, "Q8_0", "none", 0.005),
+    Candidate(0.0, "F16", "none", 0.0),            # 258.3 MiB
+    Candidate(0.0, "Q8_0", "none", 0.0040),        # 138.1 MiB
+    Candidate(0.0, "Q4_K_M", "persona", 0.0390),   # 100.6 MiB
+    Candidate(0.0, "IQ4_NL", "persona", 0.0964),   # 87.5 MiB
+    Candidate(0.0, "IQ4_XS", "persona", 0.0994),   # 86.7 MiB
+    Candidate(0.0, "IQ2_XXS", "persona", 0.5581),  # 79.9 MiB
 )
 
 

@@ -298,7 +298,7 @@ def report_companions(out: Path) -> list[str]:
 def test_a_type_that_needs_an_importance_matrix_is_refused_up_front(tiny_llama, recipe_file, tmp_path):
     with pytest.raises(UserError, match="IQ2_XXS needs an importance matrix.*--imatrix persona"):
         build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe_file), device="cpu",
-                           overrides={"base": str(tiny_llama.dir), "quant": "IQ2_XXS"}))
+                           overrides={"base": str(tiny_llama.dir), "quant": "IQ2_XXS", "imatrix": "none"}))
     assert not (tmp_path / "home" / "runs").exists()
 
 

@@ -24,7 +24,7 @@ def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
     assert list(recipe.to_json()) == FLAT_KEYS
     assert recipe.base.model == recipe.to_json()["base"]
     assert recipe.validate.prompts == recipe.to_json()["validation_prompts"]
-    assert recipe.train.loss in ("kl", "ce") and recipe.export.quant == "Q8_0"
+    assert recipe.train.loss in ("kl", "ce") and recipe.export.quant == "IQ4_NL"
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe.prune.seed = 1  # type: ignore[misc]
 
@@ -40,7 +40,7 @@ def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
     ("[train]\nstep = 7\n", "recipe bad.toml: unknown key 'step' in [train]"),
     ("[trian]\nsteps = 7\n", "recipe bad.toml: unknown section [trian]"),
     ('[export]\nimatrix = "mine"\n', "recipe bad.toml: unknown imatrix 'mine'; use one of: none, persona, generic"),
-    ('[export]\nquant = "IQ2_XXS"\n', "recipe bad.toml: IQ2_XXS needs an importance matrix"),
+    ('[export]\nquant = "IQ2_XXS"\nimatrix = "none"\n', "recipe bad.toml: IQ2_XXS needs an importance matrix"),
 ])
 def test_a_bad_knob_fails_when_the_recipe_loads(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"
