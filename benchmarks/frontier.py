@@ -203,37 +203,38 @@ def print_table(rows: list[dict]) -> None:
 
 
 def write_png(rows: list[dict], path: Path) -> None:
-    """KL against MiB: one line per (model, imatrix), the dense ones first (Pillow, no plotting library)."""
+    """KL against MiB, both log scale: every file as a point, each (model, imatrix) series' own frontier
+    as a line; the reference (KL 0) is left out. Pillow, no plotting library."""
     from PIL import Image, ImageDraw
 
-    configs = configurations(rows)
+    configs = [c for c in configurations(rows) if c["kl"] > 0]
     width, height, pad = 900, 600, 70
-    mibs = [c["mib"] for c in configs]
-    kls = [np.log10(max(c["kl"], 1e-4)) for c in configs]
-    x_of = lambda m: pad + (m - min(mibs)) / max(max(mibs) - min(mibs), 1e-9) * (width - 2 * pad)  # noqa: E731
-    y_of = lambda k: height - pad - (k - min(kls)) / max(max(kls) - min(kls), 1e-9) * (height - 2 * pad)  # noqa: E731
+    xs, ys = [np.log10(c["mib"]) for c in configs], [np.log10(c["kl"]) for c in configs]
+    x_of = lambda m: pad + (np.log10(m) - min(xs)) / max(max(xs) - min(xs), 1e-9) * (width - 2 * pad)  # noqa: E731
+    y_of = lambda k: height - pad - (np.log10(k) - min(ys)) / max(max(ys) - min(ys), 1e-9) * (height - 2 * pad)  # noqa: E731
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     draw.line([(pad, pad), (pad, height - pad), (width - pad, height - pad)], fill="black")
-    draw.text((width // 2 - 40, height - pad + 30), "file size (MiB)", fill="black")
+    draw.text((width // 2 - 60, height - pad + 30), "file size (MiB, log scale)", fill="black")
     draw.text((5, pad - 30), "KL to dense F16 (log scale)", fill="black")
-    for mib in (min(mibs), max(mibs)):
-        draw.text((x_of(mib) - 10, height - pad + 8), f"{mib:.0f}", fill="black")
-    for kl in (min(kls), max(kls)):
-        draw.text((8, y_of(kl) - 6), f"{10 ** kl:.3g}", fill="black")
+    for c in configs:
+        draw.text((x_of(c["mib"]) - 10, height - pad + 8), f"{c['mib']:.0f}", fill="#999999")
+    for kl in sorted({min(c["kl"] for c in configs), max(c["kl"] for c in configs)}):
+        draw.text((8, y_of(kl) - 6), f"{kl:.3g}", fill="black")
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     series = sorted({(c["sparsity"], c["imatrix"]) for c in configs})
     for i, (sparsity, kind) in enumerate(series):
-        points = sorted((x_of(c["mib"]), y_of(np.log10(max(c["kl"], 1e-4))), c["quant"]) for c in configs
-                        if (c["sparsity"], c["imatrix"]) == (sparsity, kind))
+        mine = [c for c in configs if (c["sparsity"], c["imatrix"]) == (sparsity, kind)]
         colour = colours[i % len(colours)]
-        if len(points) > 1:
-            draw.line([(x, y) for x, y, _ in points], fill=colour, width=2)
-        for x, y, quant in points:
+        line = [(x_of(c["mib"]), y_of(c["kl"])) for c in on_frontier(mine)]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for c in mine:
+            x, y = x_of(c["mib"]), y_of(c["kl"])
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-            draw.text((x + 4, y - 12), quant, fill=colour)
-        label = ("dense" if sparsity == 0 else f"ppgguf {sparsity:g}") + f", imatrix {kind}"
-        draw.text((width - pad - 190, pad + 16 * i), label, fill=colour)
+            draw.text((x + 4, y - 12), c["quant"], fill=colour)
+        label = ("dense" if sparsity == 0 else f"ppgguf FFN {sparsity:g}") + f", imatrix {kind}"
+        draw.text((width - pad - 210, pad + 16 * i), label, fill=colour)
     image.save(path)
 
 

@@ -159,6 +159,7 @@ CANDIDATES = (
     Candidate(0.0, "F16", "none", 0.0),            # 258.3 MiB
     Candidate(0.0, "Q8_0", "none", 0.0040),        # 138.1 MiB
     Candidate(0.0, "Q4_K_M", "persona", 0.0390),   # 100.6 MiB
+    Candidate(0.0, "Q5_0", "persona", 0.0597),     # 100.3 MiB
     Candidate(0.0, "IQ4_NL", "persona", 0.0964),   # 87.5 MiB
     Candidate(0.0, "IQ4_XS", "persona", 0.0994),   # 86.7 MiB
     Candidate(0.0, "IQ2_XXS", "persona", 0.5581),  # 79.9 MiB
