@@ -172,6 +172,7 @@ def evaluate(
             "dense": fidelity.attribution(dense_texts, description, others, embed),
             "npc": fidelity.attribution(npc_texts, description, others, embed),
         },
+        "repetition": {"dense": fidelity.repetition_rate(dense_texts), "npc": fidelity.repetition_rate(npc_texts)},
         "general_knowledge": {
             "dense": gk_dense["accuracy"],
             "npc": gk_npc["accuracy"],

@@ -24,6 +24,10 @@ def render_eval(report: dict, console) -> None:
                   f"nearest of {att['npc']['candidates']} characters")
     table.add_row("general knowledge", f"{gk['dense']:.0%}", f"{gk['npc']:.0%}",
                   f"{gk['questions']} multiple-choice questions")
+    rep = report.get("repetition")
+    if rep:
+        table.add_row("answers that loop", f"{rep['dense']:.0%}", f"{rep['npc']:.0%}",
+                      "greedy answers repeating their own words")
     console.print(table)
     for sample in report["samples"]:
         side = Table(show_header=True, title=Text(sample["question"]), title_justify="left", expand=True)

@@ -128,6 +128,7 @@ def test_eval_json(files, monkeypatch):
     assert 0 <= report["attribution"]["npc"]["accuracy"] <= 1
     assert set(report["general_knowledge"]) >= {"dense", "npc", "questions"}
     assert report["general_knowledge"]["questions"] == 2
+    assert set(report["repetition"]) == {"dense", "npc"} and all(0 <= r <= 1 for r in report["repetition"].values())
     assert len(report["samples"]) == 3 and {"question", "dense", "npc"} <= set(report["samples"][0])
 
 
