@@ -182,12 +182,7 @@ def export_gguf(
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     if rope_type == "llama3":
         writer.add_tensor("rope_freqs.weight", _llama3_rope_factors(rope, head_dim))
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise ValueError(f"no GGUF name for tensor {hf_name}")
+    for gguf_name, tensor in _gguf_tensors(model, name_map):
         if shapes_only:
             dtype = np.dtype(np_type if tensor.dim() > 1 else np.float32)
             writer.add_tensor_info(gguf_name, tuple(tensor.shape), dtype, tensor.numel() * dtype.itemsize)
@@ -197,8 +192,7 @@ def export_gguf(
             data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head"])
         elif permute and ".attn_k." in gguf_name:
             data = permute_for_gguf(data, widths[_layer_of(gguf_name)]["n_head_kv"])
-        data = np.ascontiguousarray(data, dtype=np_type if data.ndim > 1 else np.float32)
-        writer.add_tensor(gguf_name, data)
+        writer.add_tensor(gguf_name, np.ascontiguousarray(data, dtype=np_type if data.ndim > 1 else np.float32))
     header_bytes = write_and_place(writer, tmp, out_path, shapes_only)
     written = {"architecture": arch_name, "widths": widths}
     if shapes_only:  # what ppgguf.sizing needs to predict the quantized file
@@ -230,6 +224,19 @@ def write_and_place(writer: gguf.GGUFWriter, tmp: Path, path: Path, shapes_only:
         writer.close()
     tmp.replace(path)
     return header_bytes
+
+
+def _gguf_tensors(model: torch.nn.Module, name_map) -> list[tuple[str, torch.Tensor]]:
+    """(GGUF name, tensor) of every weight the file stores; a tied output matrix is stored once, as token_embd."""
+    tensors = []
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ValueError(f"no GGUF name for tensor {hf_name}")
+        tensors.append((gguf_name, tensor))
+    return tensors
 
 
 def _layer_of(gguf_name: str) -> int:
