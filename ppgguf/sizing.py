@@ -190,7 +190,7 @@ def fit_to_size(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: P
                 smallest = (predicted, candidate)
     size, candidate = smallest
     raise UserError(
-        f"--target-size {target:g} MiB cannot be reached: the smallest file ppgguf makes of {base.name} is "
+        f"--target-size {target:g} MiB cannot be reached: the smallest file ppgguf makes of {recipe.base.model} is "
         f"{size / 2**20:.1f} MiB (FFN sparsity {candidate.ffn_sparsity:g}, {candidate.quant}); "
         f"ask for at least {size / 2**20:.1f}")
 
