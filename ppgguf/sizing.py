@@ -163,6 +163,8 @@ CANDIDATES = (
     Candidate(0.0, "IQ4_NL", "persona", 0.0964),   # 87.5 MiB
     Candidate(0.0, "IQ4_XS", "persona", 0.0994),   # 86.7 MiB
     Candidate(0.0, "IQ2_XXS", "persona", 0.5581),  # 79.9 MiB
+    Candidate(0.5, "Q4_K_M", "persona", 0.9553),   # 74.5 MiB
+    Candidate(0.5, "IQ4_NL", "persona", 0.9994),   # 66.1 MiB
 )
 
 
