@@ -43,7 +43,7 @@ from ppgguf.export import export_gguf
 from ppgguf.imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
 from ppgguf.llama_io import open_gguf
 from ppgguf.persona import persona_from_text
-from ppgguf.quantize import IMATRIX_BLIND, QUANT_TYPES, quantize
+from ppgguf.quantize import QUANT_TYPES, quantize, uses_imatrix
 from ppgguf.recipe import load_recipe
 from ppgguf.speed import speed_sample
 from ppgguf.tokenizer import ChatTokenizer
@@ -60,7 +60,7 @@ def files_to_make(quants: list[str], kinds: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for quant in quants:
         for kind in kinds:
-            if kind != "none" and quant in IMATRIX_BLIND:
+            if kind != "none" and not uses_imatrix(quant, kind):  # the same file as without one
                 continue
             if kind == "none" and QUANT_TYPES[quant].needs_imatrix:
                 continue

@@ -43,7 +43,7 @@ from .output import check_output, companion_paths, output_path, place_files
 from .persona import Persona, load_persona
 from .provenance import input_hashes, versions
 from .prune import Calibration, Pruned, RunCache, prune_model
-from .quantize import IMATRIX_BLIND, quantize
+from .quantize import quantize, uses_imatrix
 from .recipe import Recipe, load_recipe, with_overrides
 from .runs import atomic_write_json, atomic_write_text, base_dir, key_of, run_dir
 from .sizing import check_target_options, fit_to_size
@@ -193,7 +193,7 @@ def importance_matrix(model: torch.nn.Module, base: BaseModel, recipe: Recipe, c
                       weights_key: list, clock: StageClock) -> Path | None:
     """The recipe's importance matrix of the pruned model, as llama-imatrix's GGUF in the run directory."""
     kind = recipe.export.imatrix
-    if kind == "none" or recipe.export.quant in IMATRIX_BLIND:  # nothing to weigh: no calibration run for it
+    if not uses_imatrix(recipe.export.quant, kind):  # nothing to weigh: no calibration run for it
         return None
     path = work / f"imatrix-{kind}-{key_of(weights_key)}.gguf"
     if path.is_file():
@@ -235,9 +235,10 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
         report["validation"]["repetition"] = repetition = clock.run(
             "validate", "Checking the greedy answers for loops",
             lambda: greedy_repetition(tmp_gguf, validation_prompts(tokenizer, persona, recipe.validate.prompts)))
-        if looping_warning(repetition):
-            report["warnings"].append(looping_warning(repetition))
-            clock.progress(f"Warning: {looping_warning(repetition)}")
+        loop_warning = looping_warning(repetition)
+        if loop_warning:
+            report["warnings"].append(loop_warning)
+            clock.progress(f"Warning: {loop_warning}")
         report["file_bytes"] = tmp_gguf.stat().st_size
         report["seconds"] = clock.total()
         write_build_figure(report, ready["figure"])

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from .decode import greedy_answer
 from .errors import UserError
 from .persona import reference_personas
 
@@ -232,8 +233,6 @@ def names_fact(answer: str, choice: str) -> bool:
 
 def free_form_knowledge(llm, tokenizer, items: list[dict], system_prompt: str | None, max_tokens: int = 48) -> dict:
     """Share of questions whose greedy answer, asked without choices, names the right choice."""
-    from .decode import greedy_answer
-
     answers = []
     for item in items:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [

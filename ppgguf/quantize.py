@@ -75,6 +75,11 @@ QUANT_TYPES: dict[str, QuantType] = {
 IMATRIX_BLIND = {"F32", "F16", "BF16", "Q8_0"}
 
 
+def uses_imatrix(quant: str, kind: str) -> bool:
+    """Whether a build of `quant` with the recipe's imatrix `kind` takes an importance matrix at all."""
+    return kind != "none" and quant.upper() not in IMATRIX_BLIND
+
+
 def check_quant_type(name: str) -> str:
     key = name.upper()
     if key not in QUANT_TYPES:

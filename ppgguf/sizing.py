@@ -26,7 +26,7 @@ from .errors import UserError
 from .export import export_gguf, gguf_metadata
 from .llama_io import captured_stderr, llama_log
 from .plan import Importance, make_plan
-from .quantize import IMATRIX_BLIND, QUANT_TYPES, ImatrixArray, check_quant_type
+from .quantize import QUANT_TYPES, ImatrixArray, check_quant_type, uses_imatrix
 from .recipe import Recipe, with_overrides
 from .surgery import apply_plan
 
@@ -135,7 +135,7 @@ def predict_build_bytes(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, pe
             model, lambda m, path, **kw: export_gguf(m, base.family, spec, path, "F32", **metadata, **kw),
             directory / f"shapes-{len(shape_files)}.f32.gguf")
     export = recipe.export
-    return predicted_file_bytes(shape_files[key], export.quant, export.imatrix != "none" and export.quant not in IMATRIX_BLIND)
+    return predicted_file_bytes(shape_files[key], export.quant, uses_imatrix(export.quant, export.imatrix))
 
 
 @dataclass(frozen=True)
