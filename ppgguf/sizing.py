@@ -73,8 +73,6 @@ def write_shape_file(model: torch.nn.Module, write: Callable[..., dict], path: P
 def predicted_file_bytes(shapes: ShapeFile, quant: str, with_imatrix: bool) -> int:
     """Bytes of the file llama.cpp's quantizer makes of `shapes` at `quant`."""
     quant = check_quant_type(quant)
-    if quant == "F32":
-        return shapes.path.stat().st_size
     types = _dry_run_types(shapes.path, quant, shapes.tensors if with_imatrix else None)
     missing = set(shapes.tensors) - set(types)
     if missing:

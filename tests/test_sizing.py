@@ -38,7 +38,7 @@ def test_the_shape_model_has_the_widths_pruning_gives(tiny_llama):
         assert next(shell.parameters()).device.type == "meta"
 
 
-@pytest.mark.parametrize("quant,imatrix", [("F16", False), ("Q8_0", False), ("Q4_0", False), ("Q4_0", True),
+@pytest.mark.parametrize("quant,imatrix", [("F32", False), ("F16", False), ("Q8_0", False), ("Q4_0", False), ("Q4_0", True),
                                            ("Q4_K_M", False), ("IQ4_NL", True), ("Q2_K", False)])
 def test_the_predicted_size_is_the_size_llama_cpp_writes(tiny, quant, imatrix, token_sequences, tmp_path):
     model = _pruned(tiny, 0.5, 0.5)
