@@ -7,6 +7,7 @@
     calibration  ppgguf.calibrate    the token sequences the scorers and healing read
     scores+plan  ppgguf.prune        which FFN channels and KV groups each layer keeps (ppgguf.importance, ppgguf.plan)
     surgery+heal ppgguf.prune        a physically smaller PyTorch model, finetuned back (ppgguf.surgery, ppgguf.heal)
+                                     or trained to need no persona prompt (ppgguf.bake)
     export       ppgguf.export       F32 GGUF in the run directory, the persona baked into its template
     imatrix      ppgguf.imatrix      optional importance matrix of the pruned model, for the quantizer
     quantize     ppgguf.quantize     the requested type, with llama.cpp's quantizer
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import shutil
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,8 +31,9 @@ import torch
 
 from . import __version__
 from .base import BaseModel, LoadedBases, load_base
-from .calibrate import (answer_sequences, cached_persona_calibration, check_teacher, generic_sequences,
-                        validation_prompts, validation_sequences)
+from .bake import bake_pairs, template_system_prompt
+from .calibrate import (answer_sequences, bake_conversations, cached_followups, cached_persona_calibration,
+                        check_teacher, generic_sequences, validation_prompts, validation_sequences)
 from .chat_template import bake_chat_template, chat_format_of
 from .errors import UserError
 from .export import choose_arch, export_gguf, gguf_metadata
@@ -52,7 +55,7 @@ from .surgery import layer_widths, parameter_count, predicted_parameters
 from .tokenizer import ChatTokenizer
 from .validate import greedy_repetition, looping_warning, torch_logits, validate_gguf
 
-HEAL_FIELDS = ("heal", "heal_steps", "heal_lr")
+HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake")  # decide the trained weights, not the plan
 
 
 @dataclass
@@ -106,7 +109,9 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     chat_format = chat_format_of(tokenizer.template)  # the base's own template, before the persona is baked in
     warnings = [] if chat_format else [_no_modelfile_warning(progress)]
-    spec = exported_tokenizer_spec(base, tokenizer, persona)  # the template falls back to the persona prompt
+    # Without a system message the file's template inserts the persona prompt, or the one-liner if baked.
+    system = template_system_prompt(persona, recipe.train.bake)
+    spec = exported_tokenizer_spec(base, tokenizer, system)
     recipe, size = fit_to_size(recipe, base, spec, persona, shared)
     progress(_size_message(recipe, size))
     # The run key covers everything that decides the pruned weights; quant type and output do not.
@@ -115,13 +120,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     plan_key["base_sha256"] = base.sha256
     if recipe.calibration.teacher:
         check_teacher(base, recipe.calibration.teacher)
-    calibration = Calibration(
-        persona=lambda: answer_sequences(tokenizer, persona.system_prompt, clock.run(
-            "calibrate", "Building the persona calibration set",
-            lambda: cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, progress))),
-        generic=lambda: clock.run("calibrate", "Preparing generic calibration text", lambda: generic_sequences(
-            tokenizer, recipe.calibration.generic_sequences, recipe.calibration.sequence_length)),
-    )
+    calibration = calibration_data(base, tokenizer, persona, recipe, clock)
     dense = {"parameters": parameter_count(base.model), "widths": layer_widths(base.model)}
 
     weights_key = [plan_key, {k: getattr(recipe.train, k) for k in HEAL_FIELDS}]
@@ -130,9 +129,30 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     imatrix = importance_matrix(pruned.model, base, recipe, calibration, work, weights_key, clock)
     report = _report(options, out, persona, recipe, base, pruned, dense, written, work, warnings)
     report["size"] = size
+    report["bake"] = {"mode": recipe.train.bake, "template_system_prompt": system}
     report_path = quantize_validate_and_place(
-        pruned.model, f32_path, imatrix, report, out, tokenizer, persona, recipe, chat_format, work, clock)
+        pruned.model, f32_path, imatrix, report, out, tokenizer, persona, system, recipe, chat_format, work, clock)
     return BuildResult(path=out, report_path=report_path, report=report)
+
+
+def calibration_data(base: BaseModel, tokenizer: ChatTokenizer, persona: Persona, recipe: Recipe,
+                     clock: StageClock) -> Calibration:
+    """The build's calibration sets, each computed when first asked for (and cached on disk)."""
+    settings, seed = recipe.calibration, recipe.prune.seed
+    examples = cache(lambda: clock.run("calibrate", "Building the persona calibration set", lambda: (
+        cached_persona_calibration(base, tokenizer, persona, settings, seed, clock.progress))))
+
+    def followups() -> list[dict]:
+        return clock.run("calibrate", "Follow-up turns for baking", lambda: (
+            cached_followups(base, tokenizer, persona, settings, seed, examples(), clock.progress)))
+
+    return Calibration(
+        persona=lambda: answer_sequences(tokenizer, persona.system_prompt, examples()),
+        generic=lambda: clock.run("calibrate", "Preparing generic calibration text", lambda: generic_sequences(
+            tokenizer, settings.generic_sequences, settings.sequence_length)),
+        bake=lambda: bake_pairs(tokenizer, persona, bake_conversations(persona, examples(), followups()),
+                                recipe.train.bake, seed),
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -157,10 +177,10 @@ def _no_modelfile_warning(progress: Callable[[str], None]) -> str:
     return warning
 
 
-def exported_tokenizer_spec(base: BaseModel, tokenizer: ChatTokenizer, persona: Persona):
-    """The base's tokenizer metadata with the persona baked into its chat template."""
+def exported_tokenizer_spec(base: BaseModel, tokenizer: ChatTokenizer, system_prompt: str):
+    """The base's tokenizer metadata, its chat template inserting `system_prompt` where a conversation has none."""
     spec = copy.deepcopy(base.tokenizer_spec)
-    spec.set(gguf.Keys.Tokenizer.CHAT_TEMPLATE, bake_chat_template(tokenizer.template, persona.system_prompt),
+    spec.set(gguf.Keys.Tokenizer.CHAT_TEMPLATE, bake_chat_template(tokenizer.template, system_prompt),
              gguf.GGUFValueType.STRING)
     return spec
 
@@ -207,10 +227,12 @@ def importance_matrix(model: torch.nn.Module, base: BaseModel, recipe: Recipe, c
 
 
 def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, report: dict, out: Path,
-                                tokenizer: ChatTokenizer,
-                                persona: Persona, recipe: Recipe, chat_format: str | None, work: Path,
-                                clock: StageClock) -> Path:
+                                tokenizer: ChatTokenizer, persona: Persona, system: str, recipe: Recipe,
+                                chat_format: str | None, work: Path, clock: StageClock) -> Path:
     """Quantize, validate and write every companion inside the run directory; then move them all into place.
+
+    `system` is the system prompt the file's template inserts: the greedy answers checked for loops
+    and the Modelfile's SYSTEM use it, as the file will be used.
 
     A build that fails or is killed before the end leaves nothing beside the output, only temporary
     files in the run directory. Completes `report`; returns the report's final path.
@@ -234,7 +256,7 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
             "validate", "Validating in llama.cpp", lambda: validate_gguf(tmp_gguf, model, sequences, reference, quant))
         report["validation"]["repetition"] = repetition = clock.run(
             "validate", "Checking the greedy answers for loops",
-            lambda: greedy_repetition(tmp_gguf, validation_prompts(tokenizer, persona, recipe.validate.prompts)))
+            lambda: greedy_repetition(tmp_gguf, validation_prompts(tokenizer, system, recipe.validate.prompts)))
         loop_warning = looping_warning(repetition)
         if loop_warning:
             report["warnings"].append(loop_warning)
@@ -246,7 +268,7 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
             header = read_header(tmp_gguf)
             metadata = {key: header.get(key) for key in header.fields}
             atomic_write_text(ready["modelfile"], modelfile_text(
-                chat_format, out.name, persona.system_prompt, modelfile_params(metadata)))
+                chat_format, out.name, system, modelfile_params(metadata)))
         else:
             del finals["modelfile"]
         atomic_write_text(ready["card"], model_card_text(report))

@@ -28,6 +28,9 @@ from .recipe import CalibrationSection
 from .runs import atomic_write_json, cache_root, key_of, read_json
 from .tokenizer import ChatTokenizer
 
+Sequence = tuple[list[int], int]  # token ids of a conversation and where its last answer starts
+Messages = list[dict[str, str]]
+
 # Fixed prompts of the validation gate: everyday questions, each followed by a fixed reply so the
 # comparison also covers positions inside an assistant answer.
 VALIDATION_DIALOGUES = [
@@ -63,9 +66,9 @@ def generic_sequences(tokenizer: ChatTokenizer, count: int, length: int) -> list
     return [ids[i * length : (i + 1) * length] for i in range(count)]
 
 
-def validation_prompts(tokenizer: ChatTokenizer, persona: Persona, count: int) -> list[list[int]]:
-    """Token ids of `count` fixed questions with the persona's system prompt, ready for the answer."""
-    return [tokenizer.chat_ids([{"role": "system", "content": persona.system_prompt},
+def validation_prompts(tokenizer: ChatTokenizer, system_prompt: str, count: int) -> list[list[int]]:
+    """Token ids of `count` fixed questions with `system_prompt`, ready for the answer."""
+    return [tokenizer.chat_ids([{"role": "system", "content": system_prompt},
                                 {"role": "user", "content": question}], True)
             for question, _ in VALIDATION_DIALOGUES[:count]]
 
@@ -182,16 +185,22 @@ def teacher_answers(
     max_tokens: int, temperature: float, seed: int,
 ) -> list[str]:
     """In-voice answers: the teacher model answers each question with the persona prompt (llama.cpp)."""
+    conversations = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q}] for q in questions]
+    return teacher_replies(teacher_gguf, tokenizer, conversations, max_tokens, temperature, seed)
+
+
+def teacher_replies(
+    teacher_gguf: Path, tokenizer: ChatTokenizer, conversations: list[Messages], max_tokens: int,
+    temperature: float, seed: int,
+) -> list[str]:
+    """The teacher's next assistant message in each conversation (llama.cpp, sampled with `seed`)."""
     llm = open_gguf(teacher_gguf, n_ctx=4096, seed=seed)
     answers = []
     try:
-        for i, question in enumerate(questions):
-            prompt = tokenizer.chat_ids(
-                [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}], True
-            )
+        for i, messages in enumerate(conversations):
             out = llm.create_completion(
-                prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.95, seed=seed + i,
-                stop=[tokenizer.special["eos_token"]] if tokenizer.special["eos_token"] else None,
+                tokenizer.chat_ids(messages, True), max_tokens=max_tokens, temperature=temperature, top_p=0.95,
+                seed=seed + i, stop=[tokenizer.special["eos_token"]] if tokenizer.special["eos_token"] else None,
             )
             answers.append(out["choices"][0]["text"].strip())
     finally:
@@ -199,17 +208,25 @@ def teacher_answers(
     return answers
 
 
-def answer_sequences(tokenizer: ChatTokenizer, system_prompt: str, examples: list[dict]) -> list[tuple[list[int], int]]:
+def conversation_sequence(tokenizer: ChatTokenizer, system: str | None, messages: Messages) -> Sequence | None:
+    """Token ids of [system?] + `messages` (ending with an assistant answer) and where that answer starts.
+
+    None where the template rewrites earlier turns, so the answer is not where it was asked for.
+    """
+    head = ([{"role": "system", "content": system}] if system is not None else []) + messages[:-1]
+    prompt = tokenizer.chat_ids(head, add_generation_prompt=True)
+    full = tokenizer.chat_ids(head + messages[-1:])
+    if full[: len(prompt)] != prompt or len(full) <= len(prompt):
+        return None
+    return full, len(prompt)
+
+
+def answer_sequences(tokenizer: ChatTokenizer, system_prompt: str, examples: list[dict]) -> list[Sequence]:
     """Token ids of [system, user, assistant answer] and the index where the answer starts."""
-    sequences = []
-    for example in examples:
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": example["question"]}]
-        prompt = tokenizer.chat_ids(messages, add_generation_prompt=True)
-        full = tokenizer.chat_ids(messages + [{"role": "assistant", "content": example["answer"]}])
-        if full[: len(prompt)] != prompt or len(full) <= len(prompt):
-            continue  # a template that rewrites earlier turns; skip rather than misalign the loss
-        sequences.append((full, len(prompt)))
-    return sequences
+    sequences = [conversation_sequence(tokenizer, system_prompt, [{"role": "user", "content": e["question"]},
+                                                                  {"role": "assistant", "content": e["answer"]}])
+                 for e in examples]
+    return [s for s in sequences if s is not None]
 
 
 def persona_calibration(
@@ -300,3 +317,62 @@ def cached_persona_calibration(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, examples)
     return examples
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations for baking the persona into the weights (ppgguf.bake): the calibration answers,
+# and for a quarter of them a second user turn answered in voice, so the character holds past the
+# first reply; a card's greeting opens those conversations as it opens a chat.
+# ---------------------------------------------------------------------------------------------
+
+
+def followup_questions(examples: list[dict], count: int, seed: int) -> list[str]:
+    """`count` pool questions none of `examples` asks, in a seeded order."""
+    asked = {e["question"] for e in examples}
+    pool = [q for q in question_pool() if q not in asked]
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    return [pool[i] for i in order[:count]]
+
+
+def opening(persona: Persona) -> Messages:
+    return [{"role": "assistant", "content": persona.greeting}] if persona.greeting else []
+
+
+def cached_followups(
+    base: BaseModel, tokenizer: ChatTokenizer, persona: Persona, settings: CalibrationSection, seed: int,
+    examples: list[dict], progress=lambda _msg: None,
+) -> list[dict]:
+    """Second turns {"question", "answer", "followup", "followup_answer"} for the first quarter of `examples`."""
+    first = examples[: len(examples) // 4]
+    teacher, teacher_key = choose_teacher(base, settings.teacher, progress)
+    key = key_of({"base": base.sha256, "persona": persona.to_json(), "teacher": teacher_key, "seed": seed,
+                  "examples": first, "answer_tokens": settings.answer_tokens,
+                  "teacher_temperature": settings.teacher_temperature, "ppgguf": __version__})
+    path = cache_root() / "followups" / f"{key}.json"
+    cached = read_json(path)
+    if cached is not None:
+        progress("Reusing the follow-up turns")
+        return cached
+    questions = followup_questions(examples, len(first), seed)
+    conversations = [[{"role": "system", "content": persona.system_prompt}, *opening(persona),
+                      {"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["answer"]},
+                      {"role": "user", "content": q}] for e, q in zip(first, questions)]
+    progress(f"Teacher answers in the persona's voice for {len(conversations)} follow-up questions")
+    answers = teacher_replies(teacher, tokenizer, conversations, settings.answer_tokens,
+                              settings.teacher_temperature, seed + len(examples))
+    followups = [{"question": e["question"], "answer": e["answer"], "followup": q, "followup_answer": a}
+                 for e, q, a in zip(first, questions, answers) if a]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, followups)
+    return followups
+
+
+def bake_conversations(persona: Persona, examples: list[dict], followups: list[dict]) -> list[Messages]:
+    """Every calibration answer as a one-turn conversation, and every follow-up as a two-turn one
+    (the greeting first where the card has one); the last assistant message is the one trained on."""
+    single = [[{"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["answer"]}]
+              for e in examples]
+    double = [[*opening(persona), {"role": "user", "content": f["question"]},
+               {"role": "assistant", "content": f["answer"]}, {"role": "user", "content": f["followup"]},
+               {"role": "assistant", "content": f["followup_answer"]}] for f in followups]
+    return single + double

@@ -5,7 +5,9 @@ llama-cpp-python, renders conversations with the file's own chat template (the o
 baked in), keeps the history inside the context window by dropping the oldest turns (never the
 system prompt), and streams replies. `ppgguf.repl` is the line-oriented front end the CLI calls.
 
-The system prompt is the file's ``ppgguf.system_prompt`` unless one is given; the opening line is the
+The system prompt is the file's ``ppgguf.system_prompt`` unless one is given, or none for a file with
+the persona baked into its weights (``ppgguf.bake``; its template then inserts its one-line prompt);
+the opening line is the
 character's greeting (``ppgguf.persona.greeting``) when the file has one, which also opens the
 history as the character's first message, as character cards intend.
 """
@@ -66,7 +68,9 @@ class ChatSession:
         self.name = header.get(PPGGUF.PERSONA_NAME) or header.get(gguf.Keys.General.NAME) or self.path.stem
         self.persona_greeting: str | None = header.get(PPGGUF.PERSONA_GREETING) or None
         self.file_system_prompt: str | None = header.get(PPGGUF.SYSTEM_PROMPT)
-        self.system_prompt: str | None = system if system is not None else self.file_system_prompt
+        self.baked = header.get(PPGGUF.BAKE, "off") != "off"
+        default_system = None if self.baked else self.file_system_prompt
+        self.system_prompt: str | None = system if system is not None else default_system
         self.template = header.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or CHATML_TEMPLATE
         self.sampling = {**DEFAULT_SAMPLING, **sampling_from_metadata(header.values())}
         if temperature is not None:
@@ -116,6 +120,13 @@ class ChatSession:
 
     def greeting(self) -> str:
         return self.persona_greeting or f"({self.name} is listening. /help for commands)"
+
+    def persona_note(self) -> str | None:
+        """Where the character comes from, for a file whose weights carry it; None for a prompted file."""
+        if not self.baked:
+            return None
+        sent = "your system prompt is sent" if self.system_prompt is not None else "no persona prompt is sent"
+        return f"({self.name} is baked into the weights: {sent})"
 
     def reset(self) -> None:
         self.history = [{"role": "assistant", "content": self.persona_greeting}] if self.persona_greeting else []
@@ -194,6 +205,7 @@ class ChatSession:
             "last_reply_seconds": self.last.seconds if self.last else None,
             "tokens_per_second": self.last.tokens_per_second if self.last else None,
             "context_used": self.count_tokens(),
+            "baked": self.baked,
             "n_ctx": self.n_ctx,
             "messages": len(self.history),
             "dropped_messages": self.dropped_messages,

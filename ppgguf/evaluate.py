@@ -43,11 +43,14 @@ class GGUFInfo:
     tokenizer_hash: str
     file_bytes: int
     matrix_bytes: int
+    kv_bytes_per_token: int
+    baked: bool  # the persona in the weights: the file's template sends only a one-liner (ppgguf.bake)
 
     def to_json(self) -> dict:
         return {
-            "path": str(self.path), "name": self.name, "persona": self.persona_name,
+            "path": str(self.path), "name": self.name, "persona": self.persona_name, "baked": self.baked,
             "file_bytes": self.file_bytes, "matrix_bytes_per_token": self.matrix_bytes,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
         }
 
 
@@ -65,6 +68,8 @@ def read_info(path: Path) -> GGUFInfo:
         tokenizer_hash=header.tokenizer_hash,
         file_bytes=path.stat().st_size,
         matrix_bytes=speed.matrix_bytes_per_token(header.tensors),
+        kv_bytes_per_token=speed.kv_bytes_per_token(header.tensors),
+        baked=header.get(PPGGUF.BAKE, "off") != "off",
     )
 
 
@@ -220,7 +225,14 @@ def bench(
     system_prompt: str | None = None,
     question: str = BENCH_QUESTION,
 ) -> dict:
-    """Speed of `npc_path` (and `dense_path`), runs interleaved dense, npc, dense, npc...; medians."""
+    """Speed of `npc_path` (and `dense_path`), runs interleaved dense, npc, dense, npc...; medians.
+
+    Each file is asked as it is used: the npc with no system message (its template inserts the
+    persona prompt, or a baked file's one-liner), the dense file with the npc's persona prompt.
+    A baked npc is also asked with the full persona prompt ("npc prompted"), so the table shows
+    what baking saves per conversation: prompt tokens, time to first token and KV-cache bytes.
+    `system_prompt` replaces every one of these.
+    """
     if reps < 1:
         raise UserError("--reps must be at least 1")
     npc = read_info(Path(npc_path))
@@ -228,27 +240,30 @@ def bench(
     if dense_path is not None:
         npc, dense = _pair(Path(npc_path), Path(dense_path))
         models = {"dense": dense, "npc": npc}
-    system = system_prompt if system_prompt is not None else (npc.system_prompt or "")
     tokenizer = _chat_tokenizer(npc.path)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-    prompt = tokenizer.chat_ids(messages, add_generation_prompt=True)
+    user = [{"role": "user", "content": question}]
+    prompted = [{"role": "system", "content": system_prompt or npc.system_prompt or ""}] + user
+    conditions = {label: (info, prompted if label != "npc" or system_prompt is not None else user)
+                  for label, info in models.items()}
+    if npc.baked and system_prompt is None and npc.system_prompt:
+        conditions["npc prompted"] = (npc, prompted)
+    prompts = {label: tokenizer.chat_ids(messages, add_generation_prompt=True) for label, (_, messages) in conditions.items()}
     threads = threads or os.cpu_count()
-    samples, memory = _timed_runs(models, prompt, n_decode, reps, threads)
+    samples, memory = _timed_runs({label: info for label, (info, _) in conditions.items()}, prompts, n_decode, reps, threads)
     rows = {}
-    for label, info in models.items():
+    for label, (info, _) in conditions.items():
         runs = samples[label]
         rows[label] = {
             **info.to_json(),
+            "prompt_tokens": len(prompts[label]),
+            "prompt_kv_bytes": len(prompts[label]) * info.kv_bytes_per_token,  # held per NPC for its conversation
             "pp_tokens_per_s": speed.median([r.pp_tokens_per_s for r in runs]),
             "decode_tokens_per_s": speed.median([r.decode_tokens_per_s for r in runs]),
             "ttft_s": speed.median([r.ttft_s for r in runs]),
             "peak_memory_bytes": memory[label],
             "decode_tokens_per_s_runs": [round(r.decode_tokens_per_s, 2) for r in runs],
         }
-    result = {
-        "reps": reps, "threads": threads, "prompt_tokens": len(prompt), "decode_tokens": n_decode,
-        "models": rows,
-    }
+    result = {"reps": reps, "threads": threads, "decode_tokens": n_decode, "question": question, "models": rows}
     if "dense" in rows:
         d, p = rows["dense"], rows["npc"]
         result["speedup"] = {
@@ -261,21 +276,27 @@ def bench(
     return result
 
 
-def _timed_runs(models: dict[str, GGUFInfo], prompt: list[int], n_decode: int, reps: int, threads: int):
-    """Speed samples per model (`reps` interleaved runs after a warm-up) and the memory each load took."""
+def _timed_runs(models: dict[str, GGUFInfo], prompts: dict[str, list[int]], n_decode: int, reps: int, threads: int):
+    """Speed samples per label (`reps` interleaved runs after a warm-up) and the memory each load took.
+
+    Labels that name the same file share one loaded model.
+    """
     llms, memory = {}, {}
     try:
         for label, info in models.items():
+            if info.path in llms:  # loaded for an earlier label: its memory is that load's
+                memory[label] = memory[next(k for k, other in models.items() if other.path == info.path)]
+                continue
             before = speed.current_rss_bytes()
             exact = speed.reset_peak_rss()
-            llms[label] = _open(info.path, len(prompt) + n_decode + 16, threads)
-            speed.speed_sample(llms[label], prompt, n_decode)  # warm-up: touches every weight
+            llms[info.path] = _open(info.path, max(map(len, prompts.values())) + n_decode + 16, threads)
+            speed.speed_sample(llms[info.path], prompts[label], n_decode)  # warm-up: touches every weight
             after = speed.peak_rss_bytes() if exact else speed.current_rss_bytes()
             memory[label] = max(after - before, 0)
         samples: dict[str, list[speed.SpeedSample]] = {label: [] for label in models}
         for _ in range(reps):
-            for label in models:
-                samples[label].append(speed.speed_sample(llms[label], prompt, n_decode))
+            for label, info in models.items():
+                samples[label].append(speed.speed_sample(llms[info.path], prompts[label], n_decode))
     finally:
         for llm in llms.values():
             llm.close()

@@ -108,6 +108,7 @@ def gguf_metadata(persona: Persona, base: BaseModel, recipe: Recipe, model: torc
         PPGGUF.PERSONA_NAME: persona.name,
         PPGGUF.PERSONA_DESCRIPTION: persona.description,
         PPGGUF.PERSONA_SOURCE_KIND: persona.source_kind,
+        PPGGUF.BAKE: recipe.train.bake,
         PPGGUF.METHOD: recipe.prune.method,
         PPGGUF.FFN_SPARSITY: float(recipe.prune.ffn_sparsity),
         PPGGUF.HEAD_SPARSITY: float(recipe.prune.head_sparsity),

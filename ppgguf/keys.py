@@ -20,6 +20,7 @@ class PPGGUF:
     PERSONA_DESCRIPTION = "ppgguf.persona.description"
     PERSONA_SOURCE_KIND = "ppgguf.persona.source_kind"
     PERSONA_GREETING = "ppgguf.persona.greeting"
+    BAKE = "ppgguf.bake"  # "off": the template carries the persona prompt; "name"/"mix": the weights do (ppgguf.bake)
     METHOD = "ppgguf.method"
     FFN_SPARSITY = "ppgguf.ffn_sparsity"
     HEAD_SPARSITY = "ppgguf.head_sparsity"
@@ -50,6 +51,7 @@ VALUE_TYPES: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]] = {
     PPGGUF.PERSONA_DESCRIPTION: (V.STRING, None),
     PPGGUF.PERSONA_SOURCE_KIND: (V.STRING, None),
     PPGGUF.PERSONA_GREETING: (V.STRING, None),
+    PPGGUF.BAKE: (V.STRING, None),
     PPGGUF.METHOD: (V.STRING, None),
     PPGGUF.FFN_SPARSITY: (V.FLOAT32, None),
     PPGGUF.HEAD_SPARSITY: (V.FLOAT32, None),

@@ -30,10 +30,7 @@ def model_card_text(report: dict) -> str:
         f"character *{name}* by [ppgguf](https://github.com/) (Persona-Pruner style structured pruning), "
         f"then quantized with llama.cpp's own quantizer and validated against its PyTorch twin.",
         "",
-        f"The character's system prompt is baked into the file: in any front end that uses the GGUF's "
-        f"chat template (llama.cpp, LM Studio, llama-cpp-python) a conversation without a system message "
-        f"talks to {name}. A system message of your own replaces it.",
-        "",
+        *_where_the_character_is(report, name),
         *_at_a_glance(report, out_name),
         *_fidelity(report.get("validation", {})),
         *_how_to_run(out_name, stem),
@@ -134,6 +131,18 @@ def _fidelity(val: dict) -> list[str]:
         "well the pruned model plays the character compared with the dense base model.",
         "",
     ]
+
+
+def _where_the_character_is(report: dict, name: str) -> list[str]:
+    bake = report.get("bake", {}) or {}
+    if bake.get("mode", "off") == "off":
+        return [f"The character's system prompt is baked into the file: in any front end that uses the GGUF's "
+                f"chat template (llama.cpp, LM Studio, llama-cpp-python) a conversation without a system message "
+                f"talks to {name}. A system message of your own replaces it.", ""]
+    return [f"The character is trained into the weights (`--bake`, mode {bake['mode']}): no persona prompt is "
+            f"prefilled. Without a system message the file's chat template sends only "
+            f"`{bake['template_system_prompt'].replace('`', '')}`; a system message of your own replaces it. The "
+            f"full persona prompt below still travels in the file (`ppgguf.system_prompt`).", ""]
 
 
 def _how_to_run(gguf_file: str, stem: str) -> list[str]:

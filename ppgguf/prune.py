@@ -3,7 +3,8 @@
 `prune_model` is the part of a build that decides the weights; `ppgguf.build` calls it with a run
 directory (finished plans and healed weights are kept there and reused), benchmarks/fidelity.py
 without one. With nothing to prune (both sparsities 0) nothing is scored or healed: the model is
-returned as it is, so a "dense reference" build is the source model's round trip.
+returned as it is, so a "dense reference" build is the source model's round trip, unless the
+persona is baked into the weights (ppgguf.bake), which trains whatever is kept.
 """
 
 from __future__ import annotations
@@ -31,11 +32,17 @@ Sequence = tuple[list[int], int]  # token ids of [system, user, answer] and wher
 
 
 class Calibration:
-    """The token sequences scorers and healing read; each is computed once, when first asked for."""
+    """The token sequences scorers and healing read; each is computed once, when first asked for.
 
-    def __init__(self, persona: Callable[[], list[Sequence]], generic: Callable[[], list[list[int]]]):
+    `bake`: (teacher, student) sequences for baking the persona in: the same answers with the persona
+    prompt and as the student sees them (ppgguf.bake.bake_pairs).
+    """
+
+    def __init__(self, persona: Callable[[], list[Sequence]], generic: Callable[[], list[list[int]]],
+                 bake: Callable[[], tuple[list[Sequence], list[Sequence]]] | None = None):
         self.persona = cache(persona)
         self.generic = cache(generic)
+        self.bake = cache(bake or (lambda: ([], [])))
 
 
 @dataclass
@@ -67,26 +74,34 @@ def keep_everything(model: torch.nn.Module) -> PruningPlan:
 
 def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration, device: str,
                 clock: StageClock, cache_at: RunCache | None = None) -> Pruned:
-    """Prune `model` in place to `recipe`'s sparsities and heal it if the recipe says so."""
-    if nothing_to_prune(recipe):
+    """Prune `model` in place to `recipe`'s sparsities, then heal it or bake the persona in if the recipe says so."""
+    baking = recipe.train.bake != "off"
+    if nothing_to_prune(recipe) and not baking:
         clock.progress("Nothing to prune (sparsity 0): the model is kept as it is, without scoring or healing")
         return Pruned(model, keep_everything(model), {"skipped": "nothing to prune"})
-    plan, log, dense_answers = choose_plan(model, recipe, calibration, device, clock, cache_at)
+    if nothing_to_prune(recipe):
+        plan, log, dense_answers = keep_everything(model), {"skipped": "nothing to prune"}, None
+    else:
+        plan, log, dense_answers = choose_plan(model, recipe, calibration, device, clock, cache_at)
+    trains = recipe.train.heal or baking
     healed = _healed_file(cache_at)
-    teacher = None
-    if recipe.train.heal and not (healed and healed.is_file()):
-        # Fetched before any stage clock runs, so its calibration time is not counted as healing too.
-        sequences = calibration.persona()
-        # The dense model's answer distributions are the healing target: mask learning computed them
-        # already, unless its loss was cross-entropy or the plan came from the run directory.
-        teacher = dense_answers or clock.run(
-            "heal", "Dense answer distributions for healing",
-            lambda: answer_distributions(model.to(device), sequences, device, top_k=recipe.train.teacher_top_k),
+    stage = "bake" if baking else "heal"
+    sequences, teacher = [], None
+    if trains and not (healed and healed.is_file()):
+        # Fetched before any stage clock runs, so their calibration time is not counted as training too.
+        teacher_sequences, sequences = calibration.bake() if baking else (calibration.persona(),) * 2
+        # The dense model's answer distributions (with the persona prompt) are the target: mask
+        # learning computed them already for healing, unless its loss was cross-entropy or the plan
+        # came from the run directory.
+        teacher = (None if baking else dense_answers) or clock.run(
+            stage, "Dense answer distributions with the persona prompt",
+            lambda: answer_distributions(model.to(device), teacher_sequences, device, top_k=recipe.train.teacher_top_k),
         )
         model.to("cpu")
-    model = clock.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(model, plan))
-    if recipe.train.heal:
-        log["heal_loss_history"] = heal_model(model, recipe, calibration, teacher, device, clock, healed)
+    if not nothing_to_prune(recipe):
+        model = clock.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(model, plan))
+    if trains:
+        log[f"{stage}_loss_history"] = train_model(model, recipe, sequences, teacher, device, clock, healed, stage)
     return Pruned(model, plan, log)
 
 
@@ -123,18 +138,19 @@ def choose_plan(model, recipe: Recipe, calibration: Calibration, device: str, cl
     return plan, inputs.log, inputs.dense_answer_logprobs
 
 
-def heal_model(model, recipe: Recipe, calibration: Calibration, teacher: list[Target] | None, device: str,
-               clock: StageClock, healed: Path | None) -> list[float]:
-    """Recovery finetuning of the pruned model toward `teacher`; the healed weights are kept at `healed`."""
+def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[Target] | None, device: str,
+                clock: StageClock, healed: Path | None, stage: str) -> list[float]:
+    """Finetune the kept weights toward `teacher` on `sequences` (healing or baking); kept at `healed`."""
     if healed and healed.is_file():
-        clock.progress("Reusing the healed weights from the run directory")
+        clock.progress("Reusing the trained weights from the run directory")
         model.load_state_dict(load_file(str(healed)), strict=False)
         return read_json(healed.with_suffix(".json"))
     train = recipe.train
+    what = "Baking the persona into the weights" if stage == "bake" else "Healing the kept weights"
     history = clock.run(
-        "heal", f"Healing the kept weights ({train.heal_steps} steps)",
-        lambda: heal(model, calibration.persona(), teacher, train.heal_steps, train.batch_size, train.heal_lr,
-                     recipe.prune.seed, device, on_step=step_reporter("Healing", clock.progress)),
+        stage, f"{what} ({train.heal_steps} steps)",
+        lambda: heal(model, sequences, teacher, train.heal_steps, train.batch_size, train.heal_lr,
+                     recipe.prune.seed, device, on_step=step_reporter(what.split()[0], clock.progress)),
     )
     if healed:
         tmp = healed.with_name(healed.name + ".partial")

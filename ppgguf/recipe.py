@@ -21,6 +21,7 @@ from .quantize import check_imatrix_needed, check_quant_type
 
 LOSSES = ("kl", "ce")
 IMATRIX_KINDS = ("none", "persona", "generic")  # which calibration text the importance matrix is taken on
+BAKE_MODES = ("off", "name", "mix")  # the persona in the weights: not, with the one-liner, or a mix of prompts (ppgguf.bake)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class TrainSection:
     heal_steps: int
     heal_lr: float
     teacher_top_k: int  # 0: the dense model's whole distributions as targets; k: their top k + the rest (ppgguf.distill)
+    # The persona in the weights (`--bake`, ppgguf.bake): trained with heal_steps and heal_lr, pruned or not.
+    bake: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ FLAT_KEYS = {
     "imatrix": ("export", "imatrix"),
     "target_size_mib": ("export", "target_size_mib"),
     "teacher_top_k": ("train", "teacher_top_k"),
+    "bake": ("train", "bake"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -208,6 +212,8 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         if recipe.export.imatrix not in IMATRIX_KINDS:
             raise UserError(f"unknown imatrix '{recipe.export.imatrix}'; use one of: {', '.join(IMATRIX_KINDS)}")
         check_imatrix_needed(quant, recipe.export.imatrix != "none")
+        if recipe.train.bake not in BAKE_MODES:
+            raise UserError(f"unknown bake mode '{recipe.train.bake}'; use one of: {', '.join(BAKE_MODES)}")
     except UserError as err:
         raise UserError(f"{where}: {err}" if where else str(err)) from None
     if recipe.train.teacher_top_k < 0:

@@ -39,21 +39,24 @@ def render_eval(report: dict, console) -> None:
 
 def render_bench(report: dict, console) -> None:
     models = report["models"]
-    table = Table("model", "decode tok/s", "prompt tok/s", "first token", "memory", "file", "matrix bytes/token")
+    table = Table("model", "prompt tokens", "prompt KV", "decode tok/s", "prompt tok/s", "first token", "memory", "file",
+                  "matrix bytes/token")
     for label, row in models.items():
         table.add_row(
-            label, f"{row['decode_tokens_per_s']:.1f}", f"{row['pp_tokens_per_s']:.0f}", f"{row['ttft_s'] * 1000:.0f} ms",
+            label, str(row["prompt_tokens"]), f"{row['prompt_kv_bytes'] / 2**20:.2f} MiB",
+            f"{row['decode_tokens_per_s']:.1f}", f"{row['pp_tokens_per_s']:.0f}", f"{row['ttft_s'] * 1000:.0f} ms",
             f"{row['peak_memory_bytes'] / 2**20:.0f} MiB", f"{row['file_bytes'] / 2**20:.1f} MiB",
             f"{row['matrix_bytes_per_token'] / 2**20:.1f} MiB",
         )
     speed = report.get("speedup")
     if speed:
         table.add_row(
-            "speed-up", f"{speed['decode']:.2f}x", f"{speed['pp']:.2f}x", f"{speed['ttft']:.2f}x", "",
+            "speed-up", "", "", f"{speed['decode']:.2f}x", f"{speed['pp']:.2f}x", f"{speed['ttft']:.2f}x", "",
             f"{speed['size']:.2f}x", f"bound {speed['bound']:.2f}x",
         )
     console.print(table)
     console.print(
-        f"[dim]{report['reps']} interleaved repetitions, medians; {report['prompt_tokens']} prompt tokens, "
+        f"[dim]{report['reps']} interleaved repetitions, medians; each file asked as it is used (a baked file "
+        f"without the persona prompt); prompt KV: the cache its prompt holds per NPC (F16); "
         f"{report['decode_tokens']} decoded, {report['threads']} threads[/]"
     )

@@ -113,6 +113,8 @@ def run_repl(
     if interactive is None:
         interactive = lines is None and sys.stdin.isatty() and out.isatty()
     if not quiet:
+        if session.persona_note():
+            output.note(session.persona_note())
         if json_mode:
             if session.persona_greeting:
                 output.emit({"role": "assistant", "content": session.persona_greeting, "greeting": True})

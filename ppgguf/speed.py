@@ -36,6 +36,16 @@ def matrix_bytes_per_token(tensors: Iterable[tuple[str, Sequence[int], int]]) ->
     return total
 
 
+def kv_bytes_per_token(tensors: Iterable[tuple[str, Sequence[int], int]], element_bytes: int = 2) -> int:
+    """Bytes of KV cache one context token takes: every layer's K and V projection widths, F16 by default.
+
+    From the tensor table, so per-layer widths (`deci`) count as they are; (name, GGUF shape, bytes) triples,
+    a GGUF shape being [input, output].
+    """
+    return sum(int(shape[1]) * element_bytes for name, shape, _ in tensors
+               if name.endswith((".attn_k.weight", ".attn_v.weight")))
+
+
 def bound_speedup(dense_matrix_bytes: int, npc_matrix_bytes: int) -> float:
     """Decode speed-up predicted by bytes moved per token: dense bytes / npc bytes."""
     return dense_matrix_bytes / max(npc_matrix_bytes, 1)

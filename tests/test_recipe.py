@@ -14,7 +14,7 @@ FLAT_KEYS = [
     "base", "method", "ffn_sparsity", "head_sparsity", "uniform", "quant", "seed", "generic_sequences",
     "sequence_length", "candidate_questions", "reference_personas", "selected_questions", "answer_tokens",
     "teacher_temperature", "teacher", "steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr",
-    "validation_prompts", "imatrix", "target_size_mib", "teacher_top_k",  # new knobs go last: the keys before them hash as they always did
+    "validation_prompts", "imatrix", "target_size_mib", "teacher_top_k", "bake",  # new knobs go last: the keys before them hash as they always did
 ]
 
 
@@ -41,6 +41,7 @@ def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
     ("[trian]\nsteps = 7\n", "recipe bad.toml: unknown section [trian]"),
     ('[export]\nimatrix = "mine"\n', "recipe bad.toml: unknown imatrix 'mine'; use one of: none, persona, generic"),
     ('[export]\nquant = "IQ2_XXS"\nimatrix = "none"\n', "recipe bad.toml: IQ2_XXS needs an importance matrix"),
+    ('[train]\nbake = "yes"\n', "recipe bad.toml: unknown bake mode 'yes'; use one of: off, name, mix"),
 ])
 def test_a_bad_knob_fails_when_the_recipe_loads(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

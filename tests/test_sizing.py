@@ -73,7 +73,7 @@ def _sizes(tiny, tmp_path) -> dict[tuple, int]:
     from ppgguf.tokenizer import ChatTokenizer
 
     persona = load_persona(CHARACTER)
-    spec = exported_tokenizer_spec(tiny.base, ChatTokenizer(tiny.base.tokenizer_spec, tiny.base.vocab_gguf), persona)
+    spec = exported_tokenizer_spec(tiny.base, ChatTokenizer(tiny.base.tokenizer_spec, tiny.base.vocab_gguf), persona.system_prompt)
     recipe = with_overrides(load_recipe(None), {"base": str(tiny.dir)})
     shape_files: dict = {}
     return {(c.ffn_sparsity, c.quant): sizing.predict_build_bytes(with_overrides(recipe, c.overrides()),

@@ -1,0 +1,78 @@
+"""The character in the weights (`--bake`): in voice without the persona prompt.
+
+Context distillation (Snell et al. 2022; "Prompt Baking", Bhargava et al. 2024): the dense model
+asked WITH the persona prompt is the teacher; the student is trained on the same conversations with
+the persona prompt replaced, minimising KL(P_dense(. | persona prompt, x) || P_student(. | x')) on
+the answer tokens. Only the student's input differs from healing: same answers, same targets.
+
+What replaces the prompt decides where the file still behaves:
+- "name": always the one-line "You are NAME.", which the baked file's chat template inserts when a
+  conversation has no system message (a few tokens to prefill instead of hundreds);
+- "mix": the one-liner, the base template's own default (no system message), a generic assistant
+  prompt, or the full persona prompt, in turn: front ends that send their own system prompt
+  (node-llama-cpp's chat session, SillyTavern's presets) or the card itself keep the character.
+The generic prompts trained on are not node-llama-cpp's default, which the benchmarks ask with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .calibrate import Messages, Sequence, conversation_sequence
+from .persona import Persona
+from .tokenizer import ChatTokenizer
+
+BAKE_FLAG_MODE = "mix"  # what `ppgguf build --bake` asks for (the modes: recipe.BAKE_MODES)
+
+# Assistant system prompts front ends send; for training only.
+GENERIC_SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a helpful, friendly AI assistant. Answer the user's questions clearly and concisely.",
+    "You are a chatbot. Reply to the user.",
+)
+# node-llama-cpp 3.21.1's LlamaChatSession default (its config.js): never trained on, for measuring only.
+NODE_LLAMA_CPP_SYSTEM_PROMPT = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible.\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
+    "something incorrectly. If you don't know the answer to a question, don't share false information."
+)
+
+
+def one_line_prompt(persona: Persona) -> str:
+    return f"You are {persona.name}."
+
+
+def template_system_prompt(persona: Persona, mode: str) -> str:
+    """The system prompt the built file's chat template inserts when a conversation has none."""
+    return persona.system_prompt if mode == "off" else one_line_prompt(persona)
+
+
+def student_systems(persona: Persona, mode: str, count: int, seed: int) -> list[str | None]:
+    """The system message the student sees in each of `count` conversations (None: no system message)."""
+    if mode == "name":
+        return [one_line_prompt(persona)] * count
+    # Of every eight conversations (in a seeded order): four see the one-liner, one no system message
+    # (the base template's default), one a generic assistant prompt, two the full persona prompt.
+    slots = ["name"] * 4 + ["none", "generic"] + ["card"] * 2
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(count, generator=generator).tolist()
+    generic = torch.randint(len(GENERIC_SYSTEM_PROMPTS), (count,), generator=generator).tolist()
+    system_of = {"name": lambda i: one_line_prompt(persona), "none": lambda i: None,
+                 "generic": lambda i: GENERIC_SYSTEM_PROMPTS[generic[i]], "card": lambda i: persona.system_prompt}
+    return [system_of[slots[order[i] % len(slots)]](i) for i in range(count)]
+
+
+def bake_pairs(tokenizer: ChatTokenizer, persona: Persona, conversations: list[Messages], mode: str,
+               seed: int) -> tuple[list[Sequence], list[Sequence]]:
+    """(teacher, student) sequences: each conversation with the persona prompt, and as the student sees it.
+
+    Both end with the same answer tokens, so the teacher's distributions there are the student's targets.
+    """
+    teacher, student = [], []
+    for messages, system in zip(conversations, student_systems(persona, mode, len(conversations), seed)):
+        prompted = conversation_sequence(tokenizer, persona.system_prompt, messages)
+        replaced = conversation_sequence(tokenizer, system, messages)
+        if prompted and replaced and prompted[0][prompted[1]:] == replaced[0][replaced[1]:]:
+            teacher.append(prompted)
+            student.append(replaced)
+    return teacher, student

@@ -1,0 +1,151 @@
+"""The character in the weights (ppgguf.bake): the training pairs, the loss it lowers, the built file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typer.testing import CliRunner
+
+from ppgguf.answer_batches import answer_distributions, answer_logits, shared_prefix_length
+from ppgguf.bake import GENERIC_SYSTEM_PROMPTS, bake_pairs, one_line_prompt, student_systems, template_system_prompt
+from ppgguf.build import BuildOptions, build
+from ppgguf.calibrate import bake_conversations
+from ppgguf.chat import ChatSession
+from ppgguf.cli import app
+from ppgguf.distill import kl_loss
+from ppgguf.errors import UserError
+from ppgguf.gguf_file import read_header
+from ppgguf.heal import heal
+from ppgguf.persona import persona_from_text
+from ppgguf.recipe import load_recipe, with_overrides
+
+from tiny_models import tiny_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+CHARACTER = REPO / "examples" / "captain_mirela.txt"
+PERSONA = persona_from_text("Name: Grimbold\nA dwarven smith who speaks only of iron, fire and hammers, in every answer.")
+
+
+def _examples(n: int, offset: int = 0) -> list[dict]:
+    words = ["iron", "the forge", "a hammer", "fire", "the anvil", "steel", "coal", "the bellows"]
+    return [{"question": f"Tell me about {words[(i + offset) % 8]} number {i + offset}?",
+             "answer": f"Ah, {words[(i + offset * 3) % 8]}! Hot and heavy, like {words[(i + 5) % 8]} at dawn."}
+            for i in range(n)]
+
+
+def test_the_student_sees_the_one_liner_or_a_mix_and_never_changes_the_answer(chat_tokenizer):
+    assert student_systems(PERSONA, "name", 5, 0) == ["You are Grimbold."] * 5
+    mix = student_systems(PERSONA, "mix", 64, 0)
+    assert mix.count(one_line_prompt(PERSONA)) == 32 and mix.count(PERSONA.system_prompt) == 16
+    assert mix.count(None) == 8 and sum(s in GENERIC_SYSTEM_PROMPTS for s in mix) == 8
+    assert mix == student_systems(PERSONA, "mix", 64, 0) != student_systems(PERSONA, "mix", 64, 1)
+
+    followups = [{**e, "followup": "And what else?", "followup_answer": "More iron, always."} for e in _examples(2)]
+    conversations = bake_conversations(PERSONA, _examples(6), followups)
+    teacher, student = bake_pairs(chat_tokenizer, PERSONA, conversations, "mix", 0)
+    assert len(teacher) == len(student) == 8
+    prompt_ids = chat_tokenizer.encode(PERSONA.system_prompt)
+    for (t_ids, t_start), (s_ids, s_start) in zip(teacher, student):
+        assert t_ids[t_start:] == s_ids[s_start:]  # the same answer tokens: the teacher's rows are the targets
+        assert _contains(t_ids, prompt_ids)
+    assert sum(_contains(ids, prompt_ids) for ids, _ in student) < len(student)
+    # The two-turn conversations train the second answer with the first exchange as context.
+    assert chat_tokenizer.decode(teacher[-1][0][teacher[-1][1]:]).startswith("More iron, always.")
+
+
+def _contains(ids: list[int], part: list[int]) -> bool:
+    return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
+
+
+def _no_prompt_kl(model, teacher_targets, student) -> float:
+    with torch.no_grad():
+        logits = answer_logits(model, student, shared_prefix_length(student), "cpu")
+        return float(torch.stack([kl_loss(l, t) for l, t in zip(logits, teacher_targets)]).mean())
+
+
+def test_baking_lowers_the_no_prompt_kl_against_the_prompted_teacher_on_held_out_questions(tiny_llama, chat_tokenizer):
+    model = tiny_llama.fresh()
+    train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0)
+    held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0)
+    targets = answer_distributions(model, train_t, "cpu", dtype=torch.float32)
+    held_targets = answer_distributions(model, held_t, "cpu", dtype=torch.float32)
+    before = _no_prompt_kl(model, held_targets, held_s)
+    history = heal(model, train_s, targets, steps=30, batch_size=4, lr=3e-3, seed=0, device="cpu")
+    after = _no_prompt_kl(model, held_targets, held_s)
+    assert history[-1] < history[0]
+    assert after < 0.7 * before, (before, after)
+
+
+def test_an_unknown_bake_mode_is_refused():
+    with pytest.raises(UserError, match="unknown bake mode 'always'"):
+        with_overrides(load_recipe(), {"bake": "always"})
+
+
+@pytest.fixture(scope="module")
+def baked(tiny_llama, tmp_path_factory) -> dict:
+    """One baked tiny build, without and with a card greeting (shared by the tests below)."""
+    d = tmp_path_factory.mktemp("baked")
+    recipe = d / "bake.toml"
+    recipe.write_text(tiny_recipe("persona", "Q8_0", heal_steps=2, bake="name"), encoding="utf-8")
+    home = d / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PPGGUF_HOME", str(home))
+        result = build(BuildOptions(character=CHARACTER, out=d / "mirela.gguf", recipe=str(recipe), device="cpu",
+                                    overrides={"base": str(tiny_llama.dir), "ffn_sparsity": 0.0, "head_sparsity": 0.0}))
+    return {"path": result.path, "report": result.report, "home": home}
+
+
+def test_a_baked_build_trains_without_the_prompt_and_its_template_sends_only_the_one_liner(baked):
+    report, header = baked["report"], read_header(baked["path"])
+    assert report["bake"] == {"mode": "name", "template_system_prompt": "You are Captain Mirela Voss."}
+    assert report["seconds"]["bake"] > 0 and len(report["scoring"]["bake_loss_history"]) == 2
+    assert "score" not in report["seconds"]  # nothing pruned: nothing scored
+    assert header.get("ppgguf.bake") == "name"
+    persona = report["persona"]
+    assert header.get("ppgguf.system_prompt") == persona["system_prompt"]  # the full prompt still travels
+    template = ImmutableSandboxedEnvironment().from_string(header.get("tokenizer.chat_template"))
+    rendered = template.render(messages=[{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    assert "You are Captain Mirela Voss." in rendered
+    assert persona["description"][:40] not in rendered and "Stay in character" not in rendered
+    mine = template.render(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert "Be brief." in mine and "Mirela" not in mine
+    modelfile = baked["path"].with_name("mirela.Modelfile").read_text(encoding="utf-8")
+    assert 'SYSTEM """You are Captain Mirela Voss."""' in modelfile and "Stay in character" not in modelfile
+    card = baked["path"].with_name("mirela.md").read_text(encoding="utf-8")
+    assert "trained into the weights" in card and "`You are Captain Mirela Voss.`" in card
+    # Follow-up turns were answered for the two-turn conversations.
+    followups = list((baked["home"] / "followups").glob("*.json"))
+    assert len(followups) == 1 and json.loads(followups[0].read_text())[0]["followup_answer"]
+
+
+def test_chat_and_inspect_say_a_file_is_baked_and_chat_sends_no_persona_prompt(baked):
+    session = ChatSession(baked["path"], n_ctx=512, max_tokens=4)
+    try:
+        assert session.baked and session.system_prompt is None and session.messages() == []
+        assert "baked into the weights" in session.persona_note()
+        assert "Stay in character" not in session.render([{"role": "user", "content": "Hi"}])
+    finally:
+        session.close()
+    shown = CliRunner().invoke(app, ["inspect", str(baked["path"])])
+    assert shown.exit_code == 0 and "baked into the weights" in shown.output
+    assert json.loads(CliRunner().invoke(app, ["inspect", str(baked["path"]), "--json"]).stdout)["baked"] is True
+
+
+def test_bench_asks_a_baked_file_as_used_and_with_the_prompt_and_states_what_baking_saves(baked):
+    result = CliRunner().invoke(app, ["bench", str(baked["path"]), "--reps", "1", "--tokens", "2", "--threads", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["models"]
+    used, prompted = rows["npc"], rows["npc prompted"]
+    assert used["baked"] and used["prompt_tokens"] < prompted["prompt_tokens"]
+    assert used["kv_bytes_per_token"] == prompted["kv_bytes_per_token"] > 0
+    assert used["prompt_kv_bytes"] == used["prompt_tokens"] * used["kv_bytes_per_token"]
+
+
+def test_an_unbaked_file_keeps_the_persona_prompt_in_its_template():
+    assert template_system_prompt(PERSONA, "off") == PERSONA.system_prompt
+    assert template_system_prompt(PERSONA, "mix") == template_system_prompt(PERSONA, "name") == "You are Grimbold."
