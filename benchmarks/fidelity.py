@@ -24,6 +24,15 @@ the generic baselines are not (they have no persona data).
     python benchmarks/fidelity.py --first 1 --characters 1 --methods wanda-sp persona
     python benchmarks/fidelity.py --set heal=false     # the masks alone
     python benchmarks/fidelity.py --tables benchmarks/results/a.json b.json   # one table from saved runs
+    python benchmarks/fidelity.py --methods --sparsities 0 --bake mix --quant IQ4_NL   # the persona in the weights
+
+`--bake MODE...` adds the baked condition (ppgguf.bake) per sparsity: the model trained without the
+persona prompt, asked as the baked file is used (its one-line system prompt, "baked-MODE"), with
+node-llama-cpp's default assistant prompt ("+generic", never trained on) and with the full persona
+prompt ("+card"); every KL is to the dense model asked WITH the persona prompt. "dense-unprompted"
+and "dense+generic" are the dense model asked the same ways: what baking has to close. With
+`--quant`, every baked model and an unbaked one asked with the prompt ("prompted", today's build
+at that sparsity) are quantized to that type with their persona importance matrix, as a build does.
 """
 
 from __future__ import annotations
@@ -39,8 +48,12 @@ from pathlib import Path
 import numpy as np
 
 from ppgguf import fidelity
+from ppgguf.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, one_line_prompt
 from ppgguf.base import load_base
-from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
+from ppgguf.calibrate import (answer_sequences, bake_conversations, cached_followups, cached_persona_calibration,
+                              generic_sequences)
+from ppgguf.imatrix import collect_imatrix
+from ppgguf.quantize import quantize
 from ppgguf.decode import greedy_answer
 from ppgguf.export import export_gguf
 from ppgguf.llama_io import open_gguf
@@ -77,6 +90,14 @@ def held_out_answers(dense_llm, tokenizer, system_prompt: str, questions: list[s
     return [(p, greedy_answer(dense_llm, p, 64).ids) for p in prompts]
 
 
+def asked_with(tokenizer, system: str, questions: list[str], held_out) -> dict:
+    """The held-out questions and the dense model's answers, with `system` as the system message."""
+    prompts = [tokenizer.chat_ids([{"role": "system", "content": system}, {"role": "user", "content": q}], True)
+               for q in questions]
+    return {"prompts": prompts, "sequences": [p + a for p, (_, a) in zip(prompts, held_out)],
+            "spans": [(len(p), len(p) + len(a)) for p, (_, a) in zip(prompts, held_out)]}
+
+
 def prune_for(method: str, base_model, persona_seqs, generic, recipe, sparsity: float, head_sparsity: float):
     """One pruned copy of the dense model by `method`, through ppgguf's own pruning stage (no run cache)."""
     scorer = {"wanda-sp-persona": "wanda-sp", "persona-ce": "persona", "persona-mask": "persona"}.get(method, method)
@@ -90,10 +111,11 @@ def prune_for(method: str, base_model, persona_seqs, generic, recipe, sparsity: 
     return prune_model(copy.deepcopy(base_model), recipe, data, "cpu", StageClock(lambda _: None)).model
 
 
-def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, spans, prompts, embed, desc, others, gk):
+def measure_model(path: Path, dense, tokenizer, system_prompt, sequences, spans, prompts, embed, desc, others, gk):
+    """`dense`: the dense model, or its answer log-probabilities with the persona prompt (ppgguf.fidelity)."""
     llm = open_gguf(path, n_ctx=2048, logits_all=True)
     try:
-        kl = fidelity.teacher_forced_kl(dense_llm, llm, sequences, spans)["kl_mean"]
+        kl = fidelity.teacher_forced_kl(dense, llm, sequences, spans)["kl_mean"]
         answers = [greedy_answer(llm, p, 64).text for p in prompts]
         attribution = fidelity.attribution(answers, desc, others, embed)
         knowledge = fidelity.general_knowledge_accuracy(llm, tokenizer, gk, None)["accuracy"]
@@ -101,6 +123,38 @@ def measure_model(path: Path, dense_llm, tokenizer, system_prompt, sequences, sp
         llm.close()
     return {"kl": kl, "attribution": attribution["accuracy"], "attribution_margin": attribution["mean_margin"],
             "knowledge": knowledge, "answers": answers}
+
+
+def bake_rows(mode: str, sparsity: float, quant: str | None, base, tokenizer, persona, examples, recipe, work: Path,
+              reference, questions, held_out, measure, with_prompted: bool = True) -> dict:
+    """The baked condition (module doc): rows keyed 'baked-MODE[+generic|+card]@SPARSITY' (and 'prompted@' with
+    --quant); `reference`: the dense model's answer log-probabilities with the persona prompt."""
+    followups = cached_followups(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, examples)
+    pairs = bake_pairs(tokenizer, persona, bake_conversations(persona, examples, followups), mode, recipe.prune.seed)
+    persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
+    rows = {}
+    models = {"prompted": "off", f"baked-{mode}": mode} if quant and with_prompted else {f"baked-{mode}": mode}
+    for label, bake in models.items():
+        t0 = time.perf_counter()
+        model = prune_model(copy.deepcopy(base.model), with_overrides(recipe, {
+            "method": "persona", "ffn_sparsity": sparsity, "head_sparsity": 0.0, "bake": bake}),
+            Calibration(persona=lambda: persona_seqs, generic=lambda: [], bake=lambda: pairs), "cpu",
+            StageClock(lambda _: None)).model
+        path = work / f"{label}.gguf"
+        export_gguf(model, base.family, base.tokenizer_spec, path, "F32" if quant else "F16")
+        if quant:
+            matrix = collect_imatrix(model, base.family, [ids for ids, _ in persona_seqs])
+            quantize(path, work / f"{label}.{quant}.gguf", quant, imatrix=matrix)
+            path = work / f"{label}.{quant}.gguf"
+        systems = {"": one_line_prompt(persona), "+generic": NODE_LLAMA_CPP_SYSTEM_PROMPT,
+                   "+card": persona.system_prompt} if bake != "off" else {"": persona.system_prompt}
+        for suffix, system in systems.items():
+            asked = asked_with(tokenizer, system, questions, held_out)
+            rows[f"{label}{suffix}@{sparsity}"] = measure(path, reference, system, asked)
+            print(f"  {label}{suffix}@{sparsity}: KL {rows[f'{label}{suffix}@{sparsity}']['kl']:.3f} attribution "
+                  f"{rows[f'{label}{suffix}@{sparsity}']['attribution']:.2f} ({time.perf_counter() - t0:.0f}s)",
+                  file=sys.stderr)
+    return rows
 
 
 def main() -> None:
@@ -111,9 +165,11 @@ def main() -> None:
                         help="held-out questions per character (the paper has 40: 20 specific, 20 general)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
     parser.add_argument("--head-sparsity", type=float, default=0.0)
-    parser.add_argument("--methods", nargs="+", default=BASELINES + ["wanda-sp-persona", "persona"])
+    parser.add_argument("--methods", nargs="*", default=BASELINES + ["wanda-sp-persona", "persona"])
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. steps=32")
+    parser.add_argument("--bake", nargs="*", default=[], metavar="MODE", help="baked conditions: name, mix (module doc)")
+    parser.add_argument("--quant", help="with --bake: quantize the baked and prompted models to this type")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--tables", type=Path, nargs="+", metavar="RESULTS_JSON",
                         help="build nothing: print the tables of saved runs, merged per character")
@@ -139,8 +195,8 @@ def main() -> None:
         character = load_character(index, args.questions)
         persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
         others = [d for n, d in all_descriptions.items() if n != character["name"]]
-        persona_seqs = []
-        if NEEDS_PERSONA_CALIBRATION & set(args.methods):
+        persona_seqs, examples = [], []
+        if NEEDS_PERSONA_CALIBRATION & set(args.methods) or args.bake:
             started = time.perf_counter()
             examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
                                                   lambda m: print(f"  {m}", file=sys.stderr))
@@ -158,6 +214,18 @@ def main() -> None:
         row = {"character": character["name"], "dense": measure_model(
             dense_path, dense_llm, tokenizer, persona.system_prompt, sequences, spans, prompts, embed,
             character["description"], others, gk)}
+
+        def measure(path, reference, system, asked):
+            return measure_model(path, reference, tokenizer, system, asked["sequences"], asked["spans"],
+                                 asked["prompts"], embed, character["description"], others, gk)
+        reference = fidelity.answer_logprobs(dense_llm, sequences, spans) if args.bake else None
+        if args.bake:
+            for label, system in (("dense-unprompted", one_line_prompt(persona)),
+                                  ("dense+generic", NODE_LLAMA_CPP_SYSTEM_PROMPT)):
+                row[label] = measure(dense_path, reference, system,
+                                     asked_with(tokenizer, system, character["questions"], held_out))
+                print(f"  {label}: KL {row[label]['kl']:.3f} attribution {row[label]['attribution']:.2f}",
+                      file=sys.stderr)
         for sparsity in args.sparsities:
             for method in args.methods:
                 t0 = time.perf_counter()
@@ -172,6 +240,10 @@ def main() -> None:
                       f"(margin {scores['attribution_margin']:.3f}) knowledge {scores['knowledge']:.2f} "
                       f"({scores['seconds']}s)", file=sys.stderr)
                 del pruned
+            for mode in args.bake:
+                row.update(bake_rows(mode, sparsity, args.quant, base, tokenizer, persona, examples, recipe, work,
+                                     reference, character["questions"], held_out, measure,
+                                     with_prompted=mode == args.bake[0]))
         dense_llm.close()
         results.append(row)
         if args.json:
@@ -180,6 +252,8 @@ def main() -> None:
                    "questions": args.questions}
             args.json.write_text(json.dumps({"run": run, "recipe": recipe.to_json(), "results": results}, indent=2))
     print_tables(results, args.methods, args.sparsities)
+    if args.bake:
+        print_bake_table(results)
 
 
 def print_saved_tables(paths: list[Path]) -> None:
@@ -247,6 +321,20 @@ def print_tables(results, methods, sparsities) -> None:
             print(f"@{s * 100:g}%: persona keeps {mean(f'persona@{s}', 'attribution') / mean('dense', 'attribution'):.0%} "
                   f"of dense's attribution; margin {mean(f'persona@{s}', 'attribution_margin'):+.4f} "
                   f"against dense's {mean('dense', 'attribution_margin'):+.4f}")
+
+
+def print_bake_table(results) -> None:
+    """Mean KL (to the dense model asked with the persona prompt), attribution and knowledge per baked condition."""
+    labels = [k for k in results[0] if k.startswith(("dense-", "dense+", "baked-", "prompted"))]
+    dense_attr = float(np.mean([r["dense"]["attribution"] for r in results]))
+    print(f"\n{len(results)} characters, asked as each file is used; dense with the persona prompt: attribution "
+          f"{dense_attr:.2f}\n")
+    print("| model, asked with | KL | attribution | of dense's | knowledge |")
+    print("|---|---|---|---|---|")
+    for label in labels:
+        kl, attr, know = (float(np.mean([r[label][m] for r in results if label in r]))
+                          for m in ("kl", "attribution", "knowledge"))
+        print(f"| {label} | {kl:.3f} | {attr:.2f} | {attr / dense_attr:.0%} | {know:.2f} |")
 
 
 if __name__ == "__main__":
