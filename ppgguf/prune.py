@@ -147,10 +147,11 @@ def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[
         return read_json(healed.with_suffix(".json"))
     train = recipe.train
     what = "Baking the persona into the weights" if stage == "bake" else "Healing the kept weights"
+    steps, lr = (train.bake_steps, train.bake_lr) if stage == "bake" else (train.heal_steps, train.heal_lr)
     history = clock.run(
-        stage, f"{what} ({train.heal_steps} steps)",
-        lambda: heal(model, sequences, teacher, train.heal_steps, train.batch_size, train.heal_lr,
-                     recipe.prune.seed, device, on_step=step_reporter(what.split()[0], clock.progress)),
+        stage, f"{what} ({steps} steps)",
+        lambda: heal(model, sequences, teacher, steps, train.batch_size, lr, recipe.prune.seed, device,
+                     on_step=step_reporter(what.split()[0], clock.progress)),
     )
     if healed:
         tmp = healed.with_name(healed.name + ".partial")

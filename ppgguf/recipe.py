@@ -64,8 +64,11 @@ class TrainSection:
     heal_steps: int
     heal_lr: float
     teacher_top_k: int  # 0: the dense model's whole distributions as targets; k: their top k + the rest (ppgguf.distill)
-    # The persona in the weights (`--bake`, ppgguf.bake): trained with heal_steps and heal_lr, pruned or not.
+    # The persona in the weights (`--bake`, ppgguf.bake), pruned or not: its own steps and rate, as it moves
+    # every weight of a model that may have lost nothing (benchmarks/fidelity.py --bake).
     bake: str
+    bake_steps: int
+    bake_lr: float
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ FLAT_KEYS = {
     "target_size_mib": ("export", "target_size_mib"),
     "teacher_top_k": ("train", "teacher_top_k"),
     "bake": ("train", "bake"),
+    "bake_steps": ("train", "bake_steps"),
+    "bake_lr": ("train", "bake_lr"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)

@@ -90,7 +90,7 @@ def baked(tiny_llama, tmp_path_factory) -> dict:
     """One baked tiny build, without and with a card greeting (shared by the tests below)."""
     d = tmp_path_factory.mktemp("baked")
     recipe = d / "bake.toml"
-    recipe.write_text(tiny_recipe("persona", "Q8_0", heal_steps=2, bake="name"), encoding="utf-8")
+    recipe.write_text(tiny_recipe("persona", "Q8_0", bake_steps=2, bake="name"), encoding="utf-8")
     home = d / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PPGGUF_HOME", str(home))
