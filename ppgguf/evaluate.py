@@ -242,7 +242,8 @@ def bench(
         models = {"dense": dense, "npc": npc}
     tokenizer = _chat_tokenizer(npc.path)
     user = [{"role": "user", "content": question}]
-    prompted = [{"role": "system", "content": system_prompt or npc.system_prompt or ""}] + user
+    system = system_prompt if system_prompt is not None else npc.system_prompt
+    prompted = ([{"role": "system", "content": system}] if system else []) + user
     conditions = {label: (info, prompted if label != "npc" or system_prompt is not None else user)
                   for label, info in models.items()}
     if npc.baked and system_prompt is None and npc.system_prompt:
