@@ -24,7 +24,7 @@ from .distill import Target
 # creates its first cuBLAS handle, so it is set before any GPU work (an explicit setting is kept).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-# (token ids of [system, user, assistant answer], index where the answer starts)
+# (token ids of a conversation ending with an assistant answer, index where that answer starts)
 Sequence = tuple[list[int], int]
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .answer_batches import Sequence
 from .base import BaseModel, sha256_of
 from .errors import UserError
 from .export import export_gguf
@@ -28,7 +29,6 @@ from .recipe import CalibrationSection
 from .runs import atomic_write_json, cache_root, key_of, read_json
 from .tokenizer import ChatTokenizer
 
-Sequence = tuple[list[int], int]  # token ids of a conversation and where its last answer starts
 Messages = list[dict[str, str]]
 
 # Fixed prompts of the validation gate: everyday questions, each followed by a fixed reply so the
