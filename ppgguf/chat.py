@@ -7,9 +7,8 @@ system prompt), and streams replies. `ppgguf.repl` is the line-oriented front en
 
 The system prompt is the file's ``ppgguf.system_prompt`` unless one is given, or none for a file with
 the persona baked into its weights (``ppgguf.bake``; its template then inserts its one-line prompt);
-the opening line is the
-character's greeting (``ppgguf.persona.greeting``) when the file has one, which also opens the
-history as the character's first message, as character cards intend.
+the opening line is the character's greeting (``ppgguf.persona.greeting``) when the file has one,
+which also opens the history as the character's first message, as character cards intend.
 """
 
 from __future__ import annotations
