@@ -67,7 +67,7 @@ class ChatSession:
         self.name = header.get(PPGGUF.PERSONA_NAME) or header.get(gguf.Keys.General.NAME) or self.path.stem
         self.persona_greeting: str | None = header.get(PPGGUF.PERSONA_GREETING) or None
         self.file_system_prompt: str | None = header.get(PPGGUF.SYSTEM_PROMPT)
-        self.baked = header.get(PPGGUF.BAKE, "off") != "off"
+        self.baked = header.baked
         default_system = None if self.baked else self.file_system_prompt
         self.system_prompt: str | None = system if system is not None else default_system
         self.template = header.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) or CHATML_TEMPLATE

@@ -69,7 +69,7 @@ def read_info(path: Path) -> GGUFInfo:
         file_bytes=path.stat().st_size,
         matrix_bytes=speed.matrix_bytes_per_token(header.tensors),
         kv_bytes_per_token=speed.kv_bytes_per_token(header.tensors),
-        baked=header.get(PPGGUF.BAKE, "off") != "off",
+        baked=header.baked,
     )
 
 

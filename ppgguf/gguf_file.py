@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 
 from .errors import UserError
+from .keys import PPGGUF
 
 _SCALARS = {
     gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b", gguf.GGUFValueType.UINT16: "<H",
@@ -126,6 +127,11 @@ class GGUFHeader:
     def get(self, key: str, default=None):
         entry = self.fields.get(key)
         return default if entry is None or entry[0] is None else entry[0]
+
+    @property
+    def baked(self) -> bool:
+        """Whether the file carries its character in the weights (ppgguf.bake) rather than in its template."""
+        return self.get(PPGGUF.BAKE, "off") != "off"
 
     def values(self) -> dict[str, Any]:
         """Every field that was decoded, by key."""

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 
 from .gguf_file import read_header
-from .keys import ATTENTION, LLM, PPGGUF, arch_key
+from .keys import ATTENTION, LLM, arch_key
 
 
 def inspect_gguf(path: Path) -> dict:
@@ -35,5 +35,5 @@ def inspect_gguf(path: Path) -> dict:
         "file_type": gguf.LlamaFileType(file_type).name if file_type is not None else "?",
         "widths": widths,
         "ppgguf": {key: value for key, value in header.values().items() if key.startswith("ppgguf.")},
-        "baked": header.get(PPGGUF.BAKE, "off") != "off",  # the persona in the weights (ppgguf.bake)
+        "baked": header.baked,
     }
