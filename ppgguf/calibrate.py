@@ -13,6 +13,7 @@ import copy
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,6 +25,7 @@ from .errors import UserError
 from .export import export_gguf
 from .gguf_file import read_header
 from .llama_io import open_gguf
+from .memory import STATE_BATCH_CACHE_BYTES
 from .persona import Persona, reference_personas
 from .recipe import CalibrationSection
 from .runs import atomic_write_json, cache_root, key_of, read_json
@@ -127,6 +129,9 @@ def last_token_states(
     prefix = _common_prefix(sequences)
     prefix = prefix[: len(prefix) - 1] if len(prefix) == min(map(len, sequences)) else prefix
     prefix_out = model.model(torch.tensor([prefix], device=device), use_cache=True)
+    # The prompt's KV cache, repeated once per question of a batch, is most of what a batch holds.
+    cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in prefix_out.cache.layers)
+    batch_size = max(1, min(batch_size, STATE_BATCH_CACHE_BYTES // max(cache_bytes, 1)))
     states = []
     for start in range(0, len(sequences), batch_size):
         batch = [s[len(prefix):] for s in sequences[start : start + batch_size]]
@@ -157,27 +162,38 @@ def _common_prefix(sequences: list[list[int]]) -> list[int]:
     return first[:n]
 
 
-def divergence_scores(persona_states: torch.Tensor, reference_states: torch.Tensor) -> torch.Tensor:
-    """score(q) = 1 - mean over reference personas and layers of cos(h(q; P), h(q; P'))."""
-    cos = (persona_states[None] * reference_states).sum(-1)  # [ref, question, layer]
-    return 1.0 - cos.mean(dim=(0, 2))
+def divergence_scores(persona_states: torch.Tensor, reference_states: Iterable[torch.Tensor]) -> torch.Tensor:
+    """score(q) = 1 - mean over reference personas and layers of cos(h(q; P), h(q; P')).
+
+    The reference personas' states [question, layer, hidden] come one persona at a time, so memory
+    holds two personas' states, not all of them.
+    """
+    total, count = torch.zeros(persona_states.shape[0]), 0
+    for states in reference_states:
+        total += (persona_states * states).sum(-1).mean(-1)
+        count += 1
+    return 1.0 - total / count
+
+
+def reference_file(cache_dir: Path, index: int) -> Path:
+    return cache_dir / f"persona-{index}.safetensors"
 
 
 def reference_states(
-    model, tokenizer: ChatTokenizer, questions: list[str], layers: list[int], count: int, cache_file: Path
-) -> torch.Tensor:
-    """States of the reference personas on the candidate questions; they depend only on the base
-    model and the pool, so they are computed once per base model and cached."""
-    if cache_file.is_file():
-        return load_file(str(cache_file))["states"].float()
-    states = torch.stack(
-        [last_token_states(model, tokenizer, p.system_prompt, questions, layers) for p in reference_personas(count)]
-    )
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(cache_file.name + ".partial")
-    save_file({"states": states.half().contiguous()}, str(tmp))
-    tmp.replace(cache_file)
-    return states
+    model, tokenizer: ChatTokenizer, questions: list[str], layers: list[int], count: int, cache_dir: Path
+) -> Iterator[torch.Tensor]:
+    """States of each reference persona on the candidate questions, one persona at a time. They depend
+    only on the base model and the pool: each is written to `cache_dir` (fp16) when computed, and
+    read from there by every later build, or by this one after a crash."""
+    for i, persona in enumerate(reference_personas(count)):
+        path = reference_file(cache_dir, i)
+        if not path.is_file():
+            states = last_token_states(model, tokenizer, persona.system_prompt, questions, layers)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".partial")
+            save_file({"states": states.half().contiguous()}, str(tmp))
+            tmp.replace(path)
+        yield load_file(str(path))["states"].float()  # as cached, so every build scores alike
 
 
 def teacher_answers(
@@ -239,14 +255,14 @@ def persona_calibration(
     """
     questions = candidate_questions(settings["candidate_questions"])
     layers = middle_band(model.config.num_hidden_layers)
-    if refs_cache.is_file():
+    count = settings["reference_personas"]
+    progress("Scoring questions by how much the persona changes the model")
+    mine = last_token_states(model, tokenizer, persona.system_prompt, questions, layers)
+    if all(reference_file(refs_cache, i).is_file() for i in range(count)):
         progress("Reusing the reference persona states (cached per base model)")
     else:
         progress(f"Reference personas on {len(questions)} candidate questions (cached per base model)")
-    refs = reference_states(model, tokenizer, questions, layers, settings["reference_personas"], refs_cache)
-    progress("Scoring questions by how much the persona changes the model")
-    mine = last_token_states(model, tokenizer, persona.system_prompt, questions, layers)
-    divergence = divergence_scores(mine, refs)
+    divergence = divergence_scores(mine, reference_states(model, tokenizer, questions, layers, count, refs_cache))
     chosen = torch.argsort(divergence, descending=True)[: settings["selected_questions"]].tolist()
     progress(f"Teacher answers in the persona's voice for {len(chosen)} questions")
     answers = teacher_answers(
@@ -311,7 +327,7 @@ def cached_persona_calibration(
     refs_key = key_of({"base": base.sha256, "n": chosen["candidate_questions"], "refs": chosen["reference_personas"],
                        "ppgguf": __version__})
     examples = persona_calibration(
-        base.model, tokenizer, persona, teacher, chosen, cache_root() / "references" / f"{refs_key}.safetensors",
+        base.model, tokenizer, persona, teacher, chosen, cache_root() / "references" / refs_key,
         seed, progress,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 `gguf_metadata` says what a built file carries about itself (the `ppgguf.*` keys of `ppgguf.keys`);
 every key is written with its declared type.
 
-Uniform widths are written as the family's own architecture (`llama` or `qwen2`), which every
-llama.cpp front end loads. Per-layer widths are written as `deci`, whose graph reads heads, KV heads
+Uniform widths are written as the family's own architecture (`llama`, `qwen2` or `qwen3`), which
+every llama.cpp front end loads. Per-layer widths are written as `deci`, whose graph reads heads, KV heads
 and FFN width per layer (DESIGN.md section 2). Head sizes and the rotary dimension are always
 written explicitly, because pruning heads changes the head size llama.cpp would otherwise infer.
 """
@@ -39,6 +39,7 @@ WRITE_TYPES = {"F32": (np.float32, gguf.LlamaFileType.ALL_F32), "F16": (np.float
 def choose_arch(family: Family, widths: list[dict[str, int]], hidden: int | None = None, head_dim: int | None = None) -> gguf.MODEL_ARCH:
     uniform = all(w == widths[0] for w in widths)
     if not uniform:
+        check_per_layer(family)
         return PER_LAYER_ARCH
     # llama.cpp's `qwen2` graph sizes attn_q/attn_output as n_embd x n_embd: it cannot load a model
     # with pruned heads (n_head * head_dim != n_embd). Such a model is written as `llama`, whose
@@ -50,6 +51,13 @@ def choose_arch(family: Family, widths: list[dict[str, int]], hidden: int | None
     ):
         return gguf.MODEL_ARCH.LLAMA
     return family.gguf_arch
+
+
+def check_per_layer(family: Family) -> None:
+    """Per-layer widths need llama.cpp's `deci` graph; refuse a family it cannot compute."""
+    if not family.per_layer:
+        raise UserError(f"per-layer widths are written for llama.cpp's deci graph, which cannot compute a "
+                        f"{family.name} model (its Q/K norms); build it with uniform widths (no --per-layer)")
 
 
 def _llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:

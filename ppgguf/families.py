@@ -16,6 +16,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from .errors import UserError
@@ -32,12 +34,16 @@ class Family:
     permute_qk: bool
     # Architecture name(s) a GGUF of this family carries in `general.architecture`.
     gguf_names: tuple[str, ...]
+    # Whether llama.cpp's `deci` graph (per-layer widths) computes this family: it has no Q/K norms.
+    per_layer: bool = True
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", LlamaConfig, LlamaForCausalLM, gguf.MODEL_ARCH.LLAMA, True, ("llama",)),
     "mistral": Family("mistral", MistralConfig, MistralForCausalLM, gguf.MODEL_ARCH.LLAMA, True, ()),
     "qwen2": Family("qwen2", Qwen2Config, Qwen2ForCausalLM, gguf.MODEL_ARCH.QWEN2, False, ("qwen2",)),
+    # Qwen3 dense: Qwen2 without Q/K/V biases, with an RMS norm over each head's queries and keys.
+    "qwen3": Family("qwen3", Qwen3Config, Qwen3ForCausalLM, gguf.MODEL_ARCH.QWEN3, False, ("qwen3",), per_layer=False),
 }
 
 # Per-layer widths need llama.cpp's `deci` graph (DESIGN.md section 2): it reads heads, KV heads and

@@ -16,14 +16,20 @@ from .distill import Target, kl_loss
 
 def heal(
     model, sequences: list[Sequence], teacher: list[Target], steps: int, batch_size: int,
-    lr: float, seed: int, device: str, on_step=None,
+    lr: float, seed: int, device: str, on_step=None, train_embeddings: bool = True,
 ) -> list[float]:
-    """Finetune `model` in place; returns the loss per step."""
+    """Finetune `model` in place; returns the loss per step.
+
+    Without `train_embeddings` the token embedding and output matrices stay as they are: no gradient
+    or AdamW state for them (12 bytes a parameter), gradients still flow through them.
+    """
     torch.manual_seed(seed)
     model.to(device).train()
-    params = [p for p in model.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    frozen = set() if train_embeddings else {id(model.get_input_embeddings().weight),
+                                             id(model.get_output_embeddings().weight)}
+    params = [p for p in model.parameters() if id(p) not in frozen]
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history: list[float] = []
     prefix_length = shared_prefix_length(sequences)
@@ -43,6 +49,6 @@ def heal(
                     on_step(step + 1, steps, history[-1])
         finally:
             model.eval().to("cpu")
-            for p in params:
+            for p in model.parameters():
                 p.requires_grad_(False)
     return history

@@ -151,7 +151,7 @@ def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[
     history = clock.run(
         stage, f"{what} ({steps} steps)",
         lambda: heal(model, sequences, teacher, steps, train.batch_size, lr, recipe.prune.seed, device,
-                     on_step=step_reporter(what.split()[0], clock.progress)),
+                     on_step=step_reporter(what.split()[0], clock.progress), train_embeddings=train.train_embeddings),
     )
     if healed:
         tmp = healed.with_name(healed.name + ".partial")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
+
+from .memory import release_freed_memory
+from .speed import current_rss_bytes, peak_rss_bytes
 
 Progress = Callable[[str], None]
 
@@ -13,22 +17,60 @@ class StepMessage(str):
 
 
 class StageClock:
-    """Runs the stages of a build, tells `progress` what each does, and adds up their seconds."""
+    """Runs the stages of a build, tells `progress` what each does, adds up their seconds and
+    measures each stage's peak resident memory."""
 
     def __init__(self, progress: Progress):
         self.seconds: dict[str, float] = {}
+        self.peak_rss: dict[str, int] = {}
         self.progress = progress
         self.started = time.perf_counter()
 
     def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
         self.progress(what)
         start = time.perf_counter()
-        result = fn()
+        with _StagePeak() as peak:
+            result = fn()
+        release_freed_memory()
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        self.peak_rss[name] = max(self.peak_rss.get(name, 0), peak.bytes)
         return result
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 3)}
+
+    def memory(self) -> dict[str, int]:
+        """Peak resident bytes of each stage and of the whole process so far (`total`, what `/usr/bin/time -v` reports)."""
+        return {**self.peak_rss, "total": peak_rss_bytes()}
+
+
+class _StagePeak:
+    """The peak resident memory while a stage runs.
+
+    Exact when the stage sets a new peak for the process (the kernel's counter rises); otherwise the
+    highest of the resident sizes sampled every 20 ms. The kernel's counter is never reset, so
+    `/usr/bin/time` still sees the whole build's peak.
+    """
+
+    def __init__(self):
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "_StagePeak":
+        self._before = peak_rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        after = peak_rss_bytes()
+        self.bytes = after if after > self._before else max(self.bytes, current_rss_bytes())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.bytes = max(self.bytes, current_rss_bytes())
 
 
 def step_reporter(what: str, progress: Progress) -> Callable[[int, int, float], None]:

@@ -84,9 +84,10 @@ def predicted_parameters(model: nn.Module) -> int:
     config = model.config
     hidden, head_dim = config.hidden_size, config.head_dim
     has_bias = model.model.layers[0].self_attn.q_proj.bias is not None
+    qk_norms = 2 * head_dim if hasattr(model.model.layers[0].self_attn, "q_norm") else 0  # qwen3
     total = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2) + hidden
     for w in layer_widths(model):
         q, kv = w["n_head"] * head_dim, w["n_head_kv"] * head_dim
         total += 2 * hidden * q + 2 * hidden * kv + 3 * hidden * w["n_ff"] + 2 * hidden
-        total += (q + 2 * kv) if has_bias else 0
+        total += ((q + 2 * kv) if has_bias else 0) + qk_norms
     return total

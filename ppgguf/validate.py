@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class Agreement:
         return asdict(self)
 
 
-def agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> Agreement:
+def agreement(reference: Iterable[np.ndarray], other: Iterable[np.ndarray]) -> Agreement:
     """Top-1 agreement and KL(reference || other) over all positions of all sequences.
 
     Computed in float64 a block of positions at a time: all positions at once would hold several
@@ -91,13 +92,19 @@ def torch_logits(model: torch.nn.Module, sequences: list[list[int]]) -> list[np.
 
 
 def gguf_logits_all(path: Path, sequences: list[list[int]], threads: int | None = None) -> list[np.ndarray]:
+    return list(gguf_logits_each(path, sequences, threads))
+
+
+def gguf_logits_each(path: Path, sequences: list[list[int]], threads: int | None = None) -> Iterator[np.ndarray]:
+    """llama.cpp's logits of each sequence in turn, so only one sequence's [positions, vocabulary] is held."""
     n_ctx = max(len(s) for s in sequences) + 8
     try:
         llm = open_gguf(path, n_ctx=n_ctx, logits_all=True, threads=threads)
     except ValueError as err:
         raise ValidationError(f"{path.name} does not load in llama.cpp ({err}); the build is discarded") from None
     try:
-        return [gguf_logits(llm, ids) for ids in sequences]
+        for ids in sequences:
+            yield gguf_logits(llm, ids)
     finally:
         llm.close()
 
@@ -128,7 +135,7 @@ def validate_gguf(
     path: Path, model: torch.nn.Module, sequences: list[list[int]], reference: list[np.ndarray], quant: str
 ) -> dict:
     """Compare the GGUF with the PyTorch reference logits; raise ValidationError if a gated type disagrees."""
-    result = agreement(reference, gguf_logits_all(path, sequences))
+    result = agreement(reference, gguf_logits_each(path, sequences))
     report = {**result.to_json(), "gated": quant in GATED_TYPES}
     minimum = GATED_TYPES.get(quant)
     if minimum is not None and result.top1 < minimum:

@@ -41,7 +41,7 @@ def _make_tiny(family: str, root: Path) -> Tiny:
 
     directory = root / f"tiny-{family}"
     vocab_size = write_tiny_tokenizer(directory)
-    model = make_model(family, vocab_size, seed={"llama": 1, "qwen2": 2}[family])
+    model = make_model(family, vocab_size, seed={"llama": 1, "qwen2": 2, "qwen3": 3}[family])
     model.save_pretrained(directory, safe_serialization=True)
     base = load_base(str(directory), root / f"work-{family}")
     return Tiny(family=family, dir=directory, model=base.model, base=base, vocab_size=vocab_size)
@@ -55,6 +55,11 @@ def tiny_llama(tmp_path_factory) -> Tiny:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Tiny:
     return _make_tiny("qwen2", tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Tiny:
+    return _make_tiny("qwen3", tmp_path_factory.mktemp("tiny-qwen3"))
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])

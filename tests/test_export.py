@@ -32,6 +32,7 @@ CASES = {
     ("qwen2", "dense-heads"): "qwen2",  # FFN pruned, every head kept: qwen2's own graph
     ("qwen2", "uniform"): "llama",  # qwen2's graph cannot take pruned heads (see export.choose_arch)
     ("qwen2", "per-layer"): "deci",
+    ("qwen3", "uniform"): "qwen3",  # qwen3's graph reads the head count: pruned heads stay qwen3
 }
 
 
@@ -90,6 +91,36 @@ def test_export_f32_agrees_with_pytorch(exported, family, kind, token_sequences)
     assert result.positions == sum(len(s) for s in token_sequences)
     assert result.top1_strict >= 0.99, result
     assert result.kl_mean < 1e-4 and result.kl_max < 1e-3, result
+
+
+def test_qwen3_query_key_norms_reach_llama_cpp(exported, token_sequences):
+    """Without the per-head Q/K norms in the file the logits would differ: flattening them shows it."""
+    path, model, reference, _ = exported("qwen3", "uniform")
+    assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= {t.name for t in gguf.GGUFReader(path).tensors}
+    flat = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in flat.model.layers:
+            layer.self_attn.q_norm.weight.fill_(1.0)
+            layer.self_attn.k_norm.weight.fill_(1.0)
+    without = agreement(torch_logits(flat, token_sequences), gguf_logits_all(path, token_sequences))
+    assert without.kl_mean > 100 * agreement(reference, gguf_logits_all(path, token_sequences)).kl_mean + 1e-3
+
+
+def test_qwen3_per_layer_widths_are_refused(tiny_qwen3, tmp_path):
+    model = pruned(tiny_qwen3, "per-layer")
+    with pytest.raises(UserError, match="deci graph.*qwen3.*uniform widths"):
+        export_gguf(model, tiny_qwen3.base.family, tiny_qwen3.base.tokenizer_spec, tmp_path / "m.gguf", "F32")
+
+
+def test_qwen3_gguf_loads_back_as_a_base_model(exported, tiny_qwen3, token_sequences, tmp_path):
+    """A Qwen3 GGUF as `--base`: the weights read back are the ones written."""
+    from ppgguf.base import load_base
+
+    path, model, reference, _ = exported("qwen3", "uniform")
+    loaded = load_base(str(path), tmp_path).model
+    assert loaded.config.model_type == "qwen3"
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_qwen2_biases_reach_llama_cpp(exported, token_sequences):

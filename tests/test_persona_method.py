@@ -174,3 +174,24 @@ def test_top_k_targets_learn_masks_and_heal_with_a_fraction_of_the_memory(tiny_l
                                 overrides={"base": str(tiny_llama.dir)}, device="cpu")).report
     history = report["scoring"]["heal_loss_history"]
     assert report["recipe"]["teacher_top_k"] == 8 and len(history) == 6 and history[-1] < history[0]
+
+
+def test_heal_without_the_embeddings_trains_the_layers_only(tiny_llama, chat_tokenizer):
+    from ppgguf.answer_batches import answer_distributions
+    from ppgguf.heal import heal
+
+    sequences = _persona_inputs(tiny_llama, chat_tokenizer).persona_sequences
+    teacher = answer_distributions(tiny_llama.model, sequences, "cpu")
+    model = tiny_llama.fresh()
+    with torch.no_grad():  # the student moved away from the teacher, so there is something to heal
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.mul_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = heal(model, sequences, teacher, steps=4, batch_size=2, lr=1e-3, seed=0, device="cpu",
+                   train_embeddings=False)
+    after = model.state_dict()
+    assert history[-1] < history[0]
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert torch.equal(after["lm_head.weight"], before["lm_head.weight"])
+    assert not torch.equal(after["model.layers.0.mlp.down_proj.weight"], before["model.layers.0.mlp.down_proj.weight"])
+    assert all(not p.requires_grad for p in model.parameters())  # left as it was found

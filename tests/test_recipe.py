@@ -14,7 +14,8 @@ FLAT_KEYS = [
     "base", "method", "ffn_sparsity", "head_sparsity", "uniform", "quant", "seed", "generic_sequences",
     "sequence_length", "candidate_questions", "reference_personas", "selected_questions", "answer_tokens",
     "teacher_temperature", "teacher", "steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr",
-    "validation_prompts", "imatrix", "target_size_mib", "teacher_top_k", "bake", "bake_steps", "bake_lr",  # new knobs go last: the keys before them hash as they always did
+    "validation_prompts", "imatrix", "target_size_mib", "teacher_top_k", "bake", "bake_steps", "bake_lr",
+    "train_embeddings",  # new knobs go last: the keys before them hash as they always did
 ]
 
 

@@ -30,6 +30,7 @@ import torch
 from typer.testing import CliRunner
 
 import ppgguf.build
+import ppgguf.memory
 import ppgguf.output
 from ppgguf.build import BuildOptions, build
 from ppgguf.cli import app
@@ -217,6 +218,29 @@ def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
     _nothing_written(out_dir)
 
 
+def test_not_enough_memory(tiny_llama, tmp_path, monkeypatch):
+    """Refused before the base model is loaded, with the predicted need and what is available."""
+    monkeypatch.setattr(ppgguf.memory, "available_bytes", lambda: 2**20)
+    monkeypatch.setattr(ppgguf.build, "load_base", lambda *a: pytest.fail("the base model was loaded"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
+    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_llama.dir, "--recipe", recipe, "--device", "cpu"]
+    _assert_one_line_error(_invoke(args), r"needs about \d+\.\d GiB of memory \(its \w+ stage\) and this machine has 0\.0 GiB")
+    _nothing_written(out_dir)
+
+
+def test_per_layer_widths_refused_for_qwen3_before_any_work(tiny_qwen3, tmp_path, monkeypatch):
+    monkeypatch.setattr(ppgguf.build, "calibration_data", lambda *a: pytest.fail("calibration started"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
+    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_qwen3.dir, "--recipe", recipe,
+            "--per-layer", "--device", "cpu"]
+    _assert_one_line_error(_invoke(args), r"deci graph.*qwen3.*uniform widths")
+    _nothing_written(out_dir)
+
+
 def test_device_cuda_without_gpu(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
     out_dir = tmp_path / "out"
@@ -353,9 +377,9 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     _no_output(out_dir)
     (work,) = runs.iterdir()
     assert len(list((home / "teachers").glob("*.f16.gguf"))) == 1 and not (work / "plan.json").exists()
-    refs = list((home / "references").glob("*.safetensors"))
-    assert len(refs) == 1
-    refs_mtime = refs[0].stat().st_mtime_ns
+    refs = sorted((home / "references").glob("*/persona-*.safetensors"))
+    assert len(refs) == 2  # one file per reference persona of the recipe, written as each is done
+    refs_mtime = [ref.stat().st_mtime_ns for ref in refs]
     assert not list(home.glob("calibration/*.json")), "the calibration set was not finished"
 
     # 2. Rerun; SIGKILL in the middle of export. The finished parts of calibration are reused.
@@ -368,7 +392,7 @@ def test_killed_builds_resume_to_the_same_file(tiny_llama, tmp_path, monkeypatch
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     _no_output(out_dir)
-    assert refs[0].stat().st_mtime_ns == refs_mtime
+    assert [ref.stat().st_mtime_ns for ref in refs] == refs_mtime
     (calibration,) = (home / "calibration").glob("*.json")
     examples = json.loads(calibration.read_text(encoding="utf-8"))
     assert examples and all(e["answer"] for e in examples), "the tiny model answered as its own teacher"

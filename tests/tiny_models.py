@@ -1,4 +1,4 @@
-"""Tiny random llama / qwen2 models and a tiny byte-level BPE tokenizer, built in memory (no hub).
+"""Tiny random llama / qwen2 / qwen3 models and a tiny byte-level BPE tokenizer, built in memory (no hub).
 
 The one builder of test models: conftest's fixtures and the helper modules of the tests use it.
 """
@@ -67,8 +67,8 @@ def write_tiny_tokenizer(directory: Path) -> int:
 
 def make_model(family: str, vocab_size: int, seed: int = 0, layers: int = LAYERS, tied: bool = False,
                intermediate: int = INTERMEDIATE, bos_token_id: int | None = None, eos_token_id: int | None = None):
-    """A random `family` model (llama or qwen2) of the tiny shape; random norms and biases too."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    """A random `family` model (llama, qwen2 or qwen3) of the tiny shape; random norms and biases too."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     common = dict(
         vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -86,6 +86,8 @@ def make_model(family: str, vocab_size: int, seed: int = 0, layers: int = LAYERS
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0.0, 0.2)
+    elif family == "qwen3":  # Q/K norms (random below, as every norm), no biases
+        model = Qwen3ForCausalLM(Qwen3Config(**common, attention_bias=False))
     else:
         raise ValueError(family)
     with torch.no_grad():  # random norms too, so a permutation or mix-up of them would show

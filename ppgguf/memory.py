@@ -1,0 +1,179 @@
+"""How much memory a build needs, predicted from the base model's shapes before anything is loaded.
+
+A build holds the base model in fp32 (4 bytes a parameter) from loading to the end, on top of the
+runtime (Python, PyTorch, transformers, llama.cpp). Each stage adds its own working set on top of
+those two; the build's peak is the largest sum:
+
+    load       the source weights, mapped while they are converted (a GGUF's or safetensors' bytes),
+               and about as much again in transient buffers
+    calibrate  the persona prompt's KV cache repeated over a batch of questions (ppgguf.calibrate caps
+               it; it grows by the questions and the hidden states of every layer come with it: 3x the
+               cap), and the teacher in llama.cpp: its file and a 4096-token F16 KV cache
+    train      only when pruning or baking: the dense model's answer distributions (whole vocabulary
+               rows in fp16, or top-k), AdamW's gradient and two moments (12 more bytes a trained
+               parameter), and the activations of a batch
+    validate   PyTorch's logits over every validation prompt (fp32, whole vocabulary), and while
+               llama.cpp runs one prompt about 6 more copies of one prompt's logits (llama.cpp's
+               buffers, the float64 comparison) and llama.cpp's own runtime
+
+The constants were measured with `benchmarks/scale.py` (per-stage peaks, README "Memory"); `ppgguf
+build` refuses up front when the predicted peak exceeds the memory the machine has available.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .gguf_file import read_header
+from .recipe import Recipe
+
+GiB = 2**30
+MiB = 2**20
+RUNTIME_BYTES = 450 * MiB  # measured: the modules a build imports, llama.cpp's shared library included
+STATE_BATCH_CACHE_BYTES = 256 * MiB  # the cap on last_token_states' repeated persona-prompt cache
+TEACHER_CONTEXT = 4096  # ppgguf.calibrate.teacher_replies
+VALIDATION_TOKENS = 380  # tokens of one validation prompt (persona prompt and question): 367-374 for Captain Mirela
+LLAMA_RUNTIME_BYTES = 256 * MiB  # llama.cpp's context, buffers and repacked weights beside a model: measured
+ADAMW_EXTRA_BYTES = 12  # gradient + first and second moment, fp32, per trained parameter
+PROMPT_AND_QUESTION_TOKENS = 220  # a RoleBench persona prompt and a question, about
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory of a build depends on, read from a model's header (no weights loaded)."""
+
+    parameters: int  # stored once: a tied output matrix is not counted twice
+    embedding_parameters: int  # of the token embedding and output matrices, in `parameters`
+    vocab: int
+    hidden: int
+    layers: int
+    kv_width: int  # KV heads x head dimension
+    heads: int
+    ffn: int  # FFN width
+    source_bytes: int  # of the weight files
+
+
+def model_shape(path: Path) -> ModelShape:
+    """The shape of the base model at `path` (a GGUF file or a checkpoint directory), from headers only."""
+    if path.is_dir():
+        return _hf_shape(path)
+    header = read_header(path)
+    arch = header.get("general.architecture")
+    count = sum(_elements(shape) for _, shape, _ in header.tensors)
+    embeddings = sum(_elements(shape) for name, shape, _ in header.tensors if name in ("token_embd.weight", "output.weight"))
+    vocab = next((shape[1] for name, shape, _ in header.tensors if name == "token_embd.weight"), 0)
+    n_head = header.get(f"{arch}.attention.head_count") or 1
+    hidden = header.get(f"{arch}.embedding_length") or 0
+    head_dim = header.get(f"{arch}.attention.key_length") or hidden // n_head
+    n_kv = header.get(f"{arch}.attention.head_count_kv") or n_head
+    return ModelShape(parameters=count, embedding_parameters=embeddings, vocab=vocab, hidden=hidden,
+                      layers=header.get(f"{arch}.block_count") or 0, kv_width=_first(n_kv) * head_dim,
+                      heads=_first(n_head), ffn=_first(header.get(f"{arch}.feed_forward_length") or 0),
+                      source_bytes=path.stat().st_size)
+
+
+def _hf_shape(path: Path) -> ModelShape:
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    count, embeddings, size = 0, 0, 0
+    for weights in sorted(path.glob("*.safetensors")):
+        size += weights.stat().st_size
+        with open(weights, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        tensors = {name: _elements(t["shape"]) for name, t in header.items() if name != "__metadata__"}
+        count += sum(tensors.values())
+        embeddings += sum(n for name, n in tensors.items() if name.endswith(("embed_tokens.weight", "lm_head.weight")))
+    hidden, n_head = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // n_head
+    return ModelShape(parameters=count, embedding_parameters=embeddings, vocab=config["vocab_size"],
+                      hidden=hidden, layers=config["num_hidden_layers"],
+                      kv_width=config.get("num_key_value_heads", n_head) * head_dim, heads=n_head,
+                      ffn=config["intermediate_size"], source_bytes=size)
+
+
+def _elements(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) else value
+
+
+def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
+    """Predicted peak resident bytes of each stage of a build of `recipe` on `shape`, and of the build (`total`)."""
+    base = RUNTIME_BYTES + 4 * shape.parameters
+    calibration, train = recipe.calibration, recipe.train
+    vocab_row = shape.vocab * 4  # fp32 logits of one token
+    teacher = shape.source_bytes + TEACHER_CONTEXT * shape.layers * shape.kv_width * 2 * 2
+    stages = {
+        "load": base + 2 * shape.source_bytes,
+        "calibrate": base + 3 * STATE_BATCH_CACHE_BYTES + teacher,
+        "validate": base + (recipe.validate.prompts + 6) * VALIDATION_TOKENS * vocab_row + LLAMA_RUNTIME_BYTES,
+    }
+    prunes = recipe.prune.ffn_sparsity > 0 or recipe.prune.head_sparsity > 0
+    if prunes or train.bake != "off":
+        answers = calibration.selected_questions * (1.25 if train.bake != "off" else 1)  # follow-ups when baking
+        tokens = int(answers * calibration.answer_tokens)
+        target_row = 6 * train.teacher_top_k + 4 if train.teacher_top_k else shape.vocab * 2
+        trained = shape.parameters - (0 if train.train_embeddings else shape.embedding_parameters)
+        stages["train"] = (base + tokens * target_row + ADAMW_EXTRA_BYTES * trained
+                           + training_activation_bytes(shape, train.batch_size, calibration.answer_tokens))
+    return {**stages, "total": max(stages.values())}
+
+
+def training_activation_bytes(shape: ModelShape, batch_size: int, answer_tokens: int) -> int:
+    """What backpropagation through a batch keeps: per token and layer about 16 hidden-wide and 4
+    FFN-wide fp32 vectors and two rows of attention scores per head, over a context of a persona
+    prompt, a question and an answer; and the answer logits three times (logits, log-softmax, gradient).
+    Fitted to the peaks of mask learning and healing on SmolLM2-135M (README "Memory")."""
+    tokens = batch_size * (answer_tokens + PROMPT_AND_QUESTION_TOKENS // 4)
+    context = PROMPT_AND_QUESTION_TOKENS + answer_tokens
+    per_token_layer = 4 * (16 * shape.hidden + 4 * shape.ffn + 2 * shape.heads * context)
+    return tokens * shape.layers * per_token_layer + batch_size * answer_tokens * 3 * shape.vocab * 4
+
+
+def available_bytes() -> int | None:
+    """Memory the machine can give a new process now (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(path: Path, recipe: Recipe, what: str) -> dict[str, int] | None:
+    """Refuse a build whose predicted peak is above the memory available now; returns the prediction,
+    or None for a base whose headers do not read (loading it then says what is wrong with it)."""
+    try:
+        shape = model_shape(path)
+    except (OSError, ValueError, KeyError, TypeError, struct.error, UserError):
+        return None
+    peak = predicted_peak(shape, recipe)
+    available = available_bytes()
+    if available is not None and peak["total"] > available:
+        stage = max((k for k in peak if k != "total"), key=peak.get)
+        raise UserError(
+            f"{what} needs about {peak['total'] / GiB:.1f} GiB of memory (its {stage} stage) and this machine has "
+            f"{available / GiB:.1f} GiB available; use a smaller base model, free memory, or build on a larger machine"
+        )
+    return peak
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a finished stage back to the system (glibc keeps freed heap memory otherwise,
+    and the next stage's peak stacks on top of it); a no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
