@@ -56,7 +56,8 @@ from .surgery import layer_widths, parameter_count, predicted_parameters
 from .tokenizer import ChatTokenizer
 from .validate import greedy_repetition, looping_warning, torch_logits, validate_gguf
 
-HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "train_embeddings")  # decide the trained weights, not the plan
+# Knobs that decide the trained weights, not the plan.
+HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "train_embeddings")
 
 
 @dataclass

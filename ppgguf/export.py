@@ -4,9 +4,9 @@
 every key is written with its declared type.
 
 Uniform widths are written as the family's own architecture (`llama`, `qwen2` or `qwen3`), which
-every llama.cpp front end loads. Per-layer widths are written as `deci`, whose graph reads heads, KV heads
-and FFN width per layer (DESIGN.md section 2). Head sizes and the rotary dimension are always
-written explicitly, because pruning heads changes the head size llama.cpp would otherwise infer.
+every llama.cpp front end loads. Per-layer widths are written as `deci`, whose graph reads heads,
+KV heads and FFN width per layer (DESIGN.md section 2). Head sizes and the rotary dimension are
+always written explicitly, because pruning heads changes the head size llama.cpp would otherwise infer.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ those two; the build's peak is the largest sum:
                parameter), and the activations of a batch
     validate   PyTorch's logits over every validation prompt (fp32, whole vocabulary), and while
                llama.cpp runs one prompt about 6 more copies of one prompt's logits (llama.cpp's
-               buffers, the float64 comparison) and llama.cpp's own runtime
+               buffers, the float64 comparison), the quantized file twice (mapped, and repacked for
+               the CPU's kernels) and llama.cpp's own runtime
 
 The constants were measured with `benchmarks/scale.py` (per-stage peaks, README "Memory"); `ppgguf
 build` refuses up front when the predicted peak exceeds the memory the machine has available.
@@ -28,8 +29,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from gguf import GGML_QUANT_SIZES
+
 from .errors import UserError
 from .gguf_file import read_header
+from .quantize import QUANT_TYPES
 from .recipe import Recipe
 
 GiB = 2**30
@@ -116,7 +120,8 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
     stages = {
         "load": base + 2 * shape.source_bytes,
         "calibrate": base + 3 * STATE_BATCH_CACHE_BYTES + teacher,
-        "validate": base + (recipe.validate.prompts + 6) * VALIDATION_TOKENS * vocab_row + LLAMA_RUNTIME_BYTES,
+        "validate": (base + (recipe.validate.prompts + 6) * VALIDATION_TOKENS * vocab_row
+                     + 2 * quantized_bytes(shape, recipe) + LLAMA_RUNTIME_BYTES),
     }
     prunes = recipe.prune.ffn_sparsity > 0 or recipe.prune.head_sparsity > 0
     if prunes or train.bake != "off":
@@ -127,6 +132,15 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
         stages["train"] = (base + tokens * target_row + ADAMW_EXTRA_BYTES * trained
                            + training_activation_bytes(shape, train.batch_size, calibration.answer_tokens))
     return {**stages, "total": max(stages.values())}
+
+
+def quantized_bytes(shape: ModelShape, recipe: Recipe) -> float:
+    """About the size of the file the build writes (ppgguf.sizing says it exactly, once the model is loaded):
+    the size target, or every parameter in the widest type the recipe's quant type stores matrices in."""
+    if recipe.export.target_size_mib > 0:
+        return recipe.export.target_size_mib * MiB
+    widest = max(GGML_QUANT_SIZES[t][1] / GGML_QUANT_SIZES[t][0] for t in QUANT_TYPES[recipe.export.quant].types)
+    return shape.parameters * widest
 
 
 def training_activation_bytes(shape: ModelShape, batch_size: int, answer_tokens: int) -> int:
