@@ -35,6 +35,7 @@ from .errors import UserError
 from .gguf_file import read_header
 from .quantize import QUANT_TYPES
 from .recipe import Recipe
+from .speed import current_rss_bytes
 
 GiB = 2**30
 MiB = 2**20
@@ -175,6 +176,10 @@ def check_memory(path: Path, recipe: Recipe, what: str) -> dict[str, int] | None
         return None
     peak = predicted_peak(shape, recipe)
     available = available_bytes()
+    if available is not None:
+        # The prediction is of this process's whole peak: what it holds already (the runtime, a base
+        # loaded for an earlier character) is its own to use.
+        available += current_rss_bytes()
     if available is not None and peak["total"] > available:
         stage = max((k for k in peak if k != "total"), key=peak.get)
         raise UserError(

@@ -221,6 +221,7 @@ def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
 def test_not_enough_memory(tiny_llama, tmp_path, monkeypatch):
     """Refused before the base model is loaded, with the predicted need and what is available."""
     monkeypatch.setattr(ppgguf.memory, "available_bytes", lambda: 2**20)
+    monkeypatch.setattr(ppgguf.memory, "current_rss_bytes", lambda: 0)
     monkeypatch.setattr(ppgguf.build, "load_base", lambda *a: pytest.fail("the base model was loaded"))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
