@@ -17,8 +17,9 @@ those two; the build's peak is the largest sum:
                buffers, the float64 comparison), the quantized file twice (mapped, and repacked for
                the CPU's kernels) and llama.cpp's own runtime
 
-The constants were measured with `benchmarks/scale.py` (per-stage peaks, README "Memory"); `ppgguf
-build` refuses up front when the predicted peak exceeds the memory the machine has available.
+The constants were fitted to the per-stage peaks of the builds in README "Memory" (SmolLM2-135M,
+Qwen2.5-Coder 0.5B and 1.5B; `benchmarks/scale.py` measures more); `ppgguf build` refuses up front
+when the predicted peak exceeds the memory the machine has available.
 """
 
 from __future__ import annotations
@@ -135,13 +136,13 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
     return {**stages, "total": max(stages.values())}
 
 
-def quantized_bytes(shape: ModelShape, recipe: Recipe) -> float:
+def quantized_bytes(shape: ModelShape, recipe: Recipe) -> int:
     """About the size of the file the build writes (ppgguf.sizing says it exactly, once the model is loaded):
     the size target, or every parameter in the widest type the recipe's quant type stores matrices in."""
     if recipe.export.target_size_mib > 0:
-        return recipe.export.target_size_mib * MiB
+        return int(recipe.export.target_size_mib * MiB)
     widest = max(GGML_QUANT_SIZES[t][1] / GGML_QUANT_SIZES[t][0] for t in QUANT_TYPES[recipe.export.quant].types)
-    return shape.parameters * widest
+    return int(shape.parameters * widest)
 
 
 def training_activation_bytes(shape: ModelShape, batch_size: int, answer_tokens: int) -> int:
