@@ -148,9 +148,8 @@ def _print_build_summary(result) -> None:
     fallbacks = r["quantization"]["fallbacks"]
     if fallbacks:
         console.print(f"{len(fallbacks)} matrices stored in another type than {r['recipe']['quant']} (see report)")
-    memory = r["memory"]
-    predicted = memory["predicted_peak_bytes"]
-    console.print(f"{r['seconds']['total'] / 60:.1f} min, peak memory {memory['peak_rss_bytes']['total'] / 2**30:.2f} GiB"
+    peak, predicted = r["memory"]["peak_rss_bytes"]["total"], r["memory"]["predicted_peak_bytes"]
+    console.print(f"{r['seconds']['total'] / 60:.1f} min, peak memory {peak / 2**30:.2f} GiB"
                   + (f" (predicted {predicted['total'] / 2**30:.2f} GiB)" if predicted else ""))
     console.print(f"report: {escape(str(result.report_path))}")
 

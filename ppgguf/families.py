@@ -43,7 +43,8 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family("mistral", MistralConfig, MistralForCausalLM, gguf.MODEL_ARCH.LLAMA, True, ()),
     "qwen2": Family("qwen2", Qwen2Config, Qwen2ForCausalLM, gguf.MODEL_ARCH.QWEN2, False, ("qwen2",)),
     # Qwen3 dense: Qwen2 without Q/K/V biases, with an RMS norm over each head's queries and keys.
-    "qwen3": Family("qwen3", Qwen3Config, Qwen3ForCausalLM, gguf.MODEL_ARCH.QWEN3, False, ("qwen3",), per_layer=False),
+    "qwen3": Family("qwen3", Qwen3Config, Qwen3ForCausalLM, gguf.MODEL_ARCH.QWEN3, False, ("qwen3",),
+                    per_layer=False),
 }
 
 # Per-layer widths need llama.cpp's `deci` graph (DESIGN.md section 2): it reads heads, KV heads and

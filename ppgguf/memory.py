@@ -71,7 +71,8 @@ def model_shape(path: Path) -> ModelShape:
     header = read_header(path)
     arch = header.get("general.architecture")
     count = sum(_elements(shape) for _, shape, _ in header.tensors)
-    embeddings = sum(_elements(shape) for name, shape, _ in header.tensors if name in ("token_embd.weight", "output.weight"))
+    embeddings = sum(_elements(shape) for name, shape, _ in header.tensors
+                     if name in ("token_embd.weight", "output.weight"))
     vocab = next((shape[1] for name, shape, _ in header.tensors if name == "token_embd.weight"), 0)
     n_head = header.get(f"{arch}.attention.head_count") or 1
     hidden = header.get(f"{arch}.embedding_length") or 0

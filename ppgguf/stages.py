@@ -40,7 +40,8 @@ class StageClock:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 3)}
 
     def memory(self) -> dict[str, int]:
-        """Peak resident bytes of each stage and of the whole process so far (`total`, what `/usr/bin/time -v` reports)."""
+        """Peak resident bytes of each stage, and of the whole process so far (`total`: what
+        `/usr/bin/time -v` reports)."""
         return {**self.peak_rss, "total": peak_rss_bytes()}
 
 
