@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 from gguf import GGML_QUANT_SIZES
+from safetensors import SafetensorError, safe_open
 
 from .errors import UserError
 from .gguf_file import read_header
+from .keys import ATTENTION, LLM, arch_key
 from .quantize import QUANT_TYPES
 from .recipe import Recipe
 from .speed import current_rss_bytes
@@ -69,45 +73,36 @@ def model_shape(path: Path) -> ModelShape:
     if path.is_dir():
         return _hf_shape(path)
     header = read_header(path)
-    arch = header.get("general.architecture")
-    count = sum(_elements(shape) for _, shape, _ in header.tensors)
-    embeddings = sum(_elements(shape) for name, shape, _ in header.tensors
-                     if name in ("token_embd.weight", "output.weight"))
+    arch = header.get(gguf.Keys.General.ARCHITECTURE)
+
+    def field(template: str, default=0):
+        return _first(header.get(arch_key(template, arch)) or default)
+
+    n_head, hidden = field(ATTENTION.HEAD_COUNT, 1), field(LLM.EMBEDDING_LENGTH)
+    sizes = {name: math.prod(shape) for name, shape, _ in header.tensors}
     vocab = next((shape[1] for name, shape, _ in header.tensors if name == "token_embd.weight"), 0)
-    n_head = header.get(f"{arch}.attention.head_count") or 1
-    hidden = header.get(f"{arch}.embedding_length") or 0
-    head_dim = header.get(f"{arch}.attention.key_length") or hidden // n_head
-    n_kv = header.get(f"{arch}.attention.head_count_kv") or n_head
-    return ModelShape(parameters=count, embedding_parameters=embeddings, vocab=vocab, hidden=hidden,
-                      layers=header.get(f"{arch}.block_count") or 0, kv_width=_first(n_kv) * head_dim,
-                      heads=_first(n_head), ffn=_first(header.get(f"{arch}.feed_forward_length") or 0),
-                      source_bytes=path.stat().st_size)
+    return ModelShape(parameters=sum(sizes.values()),
+                      embedding_parameters=sizes.get("token_embd.weight", 0) + sizes.get("output.weight", 0),
+                      vocab=vocab, hidden=hidden, layers=field(LLM.BLOCK_COUNT),
+                      kv_width=field(ATTENTION.HEAD_COUNT_KV, n_head) * field(ATTENTION.KEY_LENGTH, hidden // n_head),
+                      heads=n_head, ffn=field(LLM.FEED_FORWARD_LENGTH), source_bytes=path.stat().st_size)
 
 
 def _hf_shape(path: Path) -> ModelShape:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    count, embeddings, size = 0, 0, 0
+    sizes, source_bytes = {}, 0
     for weights in sorted(path.glob("*.safetensors")):
-        size += weights.stat().st_size
-        with open(weights, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        tensors = {name: _elements(t["shape"]) for name, t in header.items() if name != "__metadata__"}
-        count += sum(tensors.values())
-        embeddings += sum(n for name, n in tensors.items() if name.endswith(("embed_tokens.weight", "lm_head.weight")))
+        source_bytes += weights.stat().st_size
+        with safe_open(weights, framework="numpy") as f:  # the header only: no tensor is read
+            sizes.update({name: math.prod(f.get_slice(name).get_shape()) for name in f.keys()})
     hidden, n_head = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // n_head
-    return ModelShape(parameters=count, embedding_parameters=embeddings, vocab=config["vocab_size"],
-                      hidden=hidden, layers=config["num_hidden_layers"],
+    return ModelShape(parameters=sum(sizes.values()),
+                      embedding_parameters=sum(n for name, n in sizes.items()
+                                               if name.endswith(("embed_tokens.weight", "lm_head.weight"))),
+                      vocab=config["vocab_size"], hidden=hidden, layers=config["num_hidden_layers"],
                       kv_width=config.get("num_key_value_heads", n_head) * head_dim, heads=n_head,
-                      ffn=config["intermediate_size"], source_bytes=size)
-
-
-def _elements(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+                      ffn=config["intermediate_size"], source_bytes=source_bytes)
 
 
 def _first(value):
@@ -174,7 +169,7 @@ def check_memory(path: Path, recipe: Recipe, what: str) -> dict[str, int] | None
     or None for a base whose headers do not read (loading it then says what is wrong with it)."""
     try:
         shape = model_shape(path)
-    except (OSError, ValueError, KeyError, TypeError, struct.error, UserError):
+    except (OSError, ValueError, KeyError, TypeError, struct.error, SafetensorError, UserError):
         return None
     peak = predicted_peak(shape, recipe)
     available = available_bytes()
