@@ -167,6 +167,18 @@ def _nothing_written(out_dir: Path) -> None:
         assert sorted(p.name for p in out_dir.iterdir()) == [], "a failed build left files behind"
 
 
+def _assert_magnitude_build_refused(tmp_path: Path, base: Path, pattern: str, *options) -> None:
+    """A fast (magnitude) build of CHARACTER into an empty directory fails with one `error:` line
+    matching `pattern` and leaves that directory empty."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
+    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", base, "--recipe", recipe, *options,
+            "--device", "cpu"]
+    _assert_one_line_error(_invoke(args), pattern)
+    _nothing_written(out_dir)
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_gives_one_line_error(case, tiny_llama, tiny_gguf, tmp_path):
     make, pattern = BAD_INPUTS[case]
@@ -210,12 +222,8 @@ def test_output_dir_not_writable(tiny_llama, tmp_path, monkeypatch):
 def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(ppgguf.output.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
-    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_llama.dir, "--recipe", recipe, "--device", "cpu"]
-    _assert_one_line_error(_invoke(args), r"not enough free disk.*4\.0 KiB free, about \d+\.\d KiB needed")
-    _nothing_written(out_dir)
+    _assert_magnitude_build_refused(tmp_path, tiny_llama.dir,
+                                    r"not enough free disk.*4\.0 KiB free, about \d+\.\d KiB needed")
 
 
 def test_not_enough_memory(tiny_llama, tmp_path, monkeypatch):
@@ -223,23 +231,13 @@ def test_not_enough_memory(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(ppgguf.memory, "available_bytes", lambda: 2**20)
     monkeypatch.setattr(ppgguf.memory, "current_rss_bytes", lambda: 0)
     monkeypatch.setattr(ppgguf.build, "load_base", lambda *a: pytest.fail("the base model was loaded"))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
-    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_llama.dir, "--recipe", recipe, "--device", "cpu"]
-    _assert_one_line_error(_invoke(args), r"needs about \d+\.\d GiB of memory \(its \w+ stage\) and this machine has 0\.0 GiB")
-    _nothing_written(out_dir)
+    _assert_magnitude_build_refused(
+        tmp_path, tiny_llama.dir, r"needs about \d+\.\d GiB of memory \(its \w+ stage\) and this machine has 0\.0 GiB")
 
 
 def test_per_layer_widths_refused_for_qwen3_before_any_work(tiny_qwen3, tmp_path, monkeypatch):
     monkeypatch.setattr(ppgguf.build, "calibration_data", lambda *a: pytest.fail("calibration started"))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
-    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_qwen3.dir, "--recipe", recipe,
-            "--per-layer", "--device", "cpu"]
-    _assert_one_line_error(_invoke(args), r"deci graph.*qwen3.*uniform widths")
-    _nothing_written(out_dir)
+    _assert_magnitude_build_refused(tmp_path, tiny_qwen3.dir, r"deci graph.*qwen3.*uniform widths", "--per-layer")
 
 
 def test_device_cuda_without_gpu(tiny_llama, tmp_path, monkeypatch):
@@ -520,9 +518,4 @@ def test_disk_full_mid_build_is_one_line(tiny_llama, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(ppgguf.build, "export_gguf", full)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    recipe = write(tmp_path / "magnitude.toml", MAGNITUDE_RECIPE)
-    args = ["build", CHARACTER, "--out", out_dir / "npc.gguf", "--base", tiny_llama.dir, "--recipe", recipe, "--device", "cpu"]
-    _assert_one_line_error(_invoke(args), r"No space left on device \(.*\.f32\.gguf\)")
-    _nothing_written(out_dir)
+    _assert_magnitude_build_refused(tmp_path, tiny_llama.dir, r"No space left on device \(.*\.f32\.gguf\)")
