@@ -55,17 +55,20 @@ QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "IQ4_NL", "Q4_0", 
 QUICK_QUANTS = ["F16", "Q8_0", "Q5_0", "Q4_K_M", "IQ4_NL", "Q4_0", "IQ4_XS", "IQ2_XXS"]
 
 
-def files_to_make(quants: list[str], kinds: list[str]) -> list[tuple[str, str]]:
-    """(quant, imatrix kind) pairs that give distinct files."""
-    pairs = []
+def files_to_make(quants: list[str], kinds: list[str], embeddings: list[str]) -> list[tuple[str, str, str]]:
+    """(quant, imatrix kind, token embedding type) triples that give distinct files; embedding
+    "auto" is the type llama.cpp's mix picks."""
+    triples = []
     for quant in quants:
         for kind in kinds:
-            if kind != "none" and not uses_imatrix(quant, kind):  # the same file as without one
-                continue
-            if kind == "none" and QUANT_TYPES[quant].needs_imatrix:
-                continue
-            pairs.append((quant, kind))
-    return pairs
+            for embedding in embeddings:
+                weighed = uses_imatrix(quant, kind, "" if embedding == "auto" else embedding)
+                if kind != "none" and not weighed:  # the same file as without one
+                    continue
+                if kind == "none" and QUANT_TYPES[quant].needs_imatrix:
+                    continue
+                triples.append((quant, kind, embedding))
+    return triples
 
 
 class Judge:
@@ -116,7 +119,8 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
     character = load_character(index, args.questions)
     persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
     persona_seqs = []
-    if "persona" in args.imatrix + args.pruned_imatrix or any(args.sparsities):
+    kinds = args.imatrix + args.pruned_imatrix + [f.split(":")[1] for f in args.files or []]
+    if "persona" in kinds or any(args.sparsities):
         examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
                                               lambda m: print(f"  {m}", file=sys.stderr))
         persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
@@ -130,6 +134,8 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
         # The F32 export and importance matrices stay in the work directory, so a rerun skips pruning.
         f32 = work / f"{slug}-{sparsity}.f32.gguf"
         quants, kinds = (args.quants, args.imatrix) if sparsity == 0 else (args.pruned_quants, args.pruned_imatrix)
+        if args.files and sparsity == 0:
+            kinds = sorted({f.split(":")[1] for f in args.files})
         imatrix_files = {kind: work / f"{slug}-{sparsity}-{kind}.imatrix.gguf" for kind in kinds if kind != "none"}
         if not (f32.is_file() and all(path.is_file() for path in imatrix_files.values())):
             model = base.model if sparsity == 0 else prune_for("persona", base.model, persona_seqs, generic, recipe,
@@ -142,15 +148,19 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
         matrices = {kind: read_imatrix_gguf(path) for kind, path in imatrix_files.items()}
         print(f"  {character['name']} sparsity {sparsity}: model ready in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
-        for quant, kind in files_to_make(quants, kinds):
-            out = work / f"{sparsity}-{quant}-{kind}.gguf"
+        files = ([tuple(f.split(":")) for f in args.files] if args.files and sparsity == 0
+                 else files_to_make(quants, kinds, args.embedding_quants))
+        for quant, kind, embedding in files:
+            out = work / f"{sparsity}-{quant}-{kind}-{embedding}.gguf"
             started = time.perf_counter()
-            quantize(f32, out, quant, allow_requantize=True, imatrix=matrices.get(kind))
+            quantize(f32, out, quant, allow_requantize=True, imatrix=matrices.get(kind),
+                     embedding_quant="" if embedding == "auto" else embedding)
+            named = [quant, f"{quant}:{kind}", f"{quant}:{kind}:{embedding}"]
             row = {"character": character["name"], "sparsity": sparsity, "quant": quant, "imatrix": kind,
-                   **judge.measure(out, quant in args.answers or f"{quant}:{kind}" in args.answers),
+                   "embedding": embedding, **judge.measure(out, any(n in args.answers for n in named)),
                    "seconds": round(time.perf_counter() - started, 1)}
             out.unlink()
-            print(f"  {character['name']} {sparsity} {quant} {kind}: {row['mib']} MiB KL {row['kl']:.4f}"
+            print(f"  {character['name']} {sparsity} {quant} {kind} {embedding}: {row['mib']} MiB KL {row['kl']:.4f}"
                   + "".join(f" {k} {row[k]:.2f}" for k in ANSWER_METRICS if k in row), file=sys.stderr)
             save(row)
     judge.close()
@@ -160,13 +170,13 @@ ANSWER_METRICS = ["attribution", "repetition", "knowledge_choice", "knowledge_fr
 
 
 def configurations(rows: list[dict]) -> list[dict]:
-    """Mean over characters per (sparsity, quant, imatrix), smallest file first."""
+    """Mean over characters per (sparsity, quant, imatrix, embedding type), smallest file first."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["sparsity"], row["quant"], row["imatrix"]), []).append(row)
+        groups.setdefault((row["sparsity"], row["quant"], row["imatrix"], row.get("embedding", "auto")), []).append(row)
     out = []
-    for (sparsity, quant, kind), group in groups.items():
-        mean = {"sparsity": sparsity, "quant": quant, "imatrix": kind, "characters": len(group),
+    for (sparsity, quant, kind, embedding), group in groups.items():
+        mean = {"sparsity": sparsity, "quant": quant, "imatrix": kind, "embedding": embedding, "characters": len(group),
                 "mib": float(np.mean([r["mib"] for r in group])), "kl": float(np.mean([r["kl"] for r in group]))}
         for metric in ANSWER_METRICS:
             values = [r[metric] for r in group if metric in r]
@@ -193,13 +203,13 @@ def print_table(rows: list[dict]) -> None:
     print(f"\nmeans over {len({r['character'] for r in rows})} characters ({names}); * = on the frontier "
           "(no file of no greater size has a lower KL)\n")
     metrics = [m for m in ANSWER_METRICS if any(m in c for c in configs)]
-    print("| model | quant | imatrix | MiB | KL | " + " | ".join(metrics) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(metrics))
+    print("| model | quant | imatrix | embedding | MiB | KL | " + " | ".join(metrics) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(metrics))
     for c in configs:
         model = "dense" if c["sparsity"] == 0 else f"ppgguf {c['sparsity']:g}"
         cells = [f"{c[m]:.2f}" if m in c else "-" for m in metrics]
         star = "*" if id(c) in frontier else ""
-        print(f"| {model} | {c['quant']} | {c['imatrix']} | {c['mib']:.1f} | {c['kl']:.4f}{star} | " + " | ".join(cells) + " |")
+        print(f"| {model} | {c['quant']} | {c['imatrix']} | {c['embedding']} | {c['mib']:.1f} | {c['kl']:.4f}{star} | " + " | ".join(cells) + " |")
 
 
 def write_png(rows: list[dict], path: Path) -> None:
@@ -222,9 +232,9 @@ def write_png(rows: list[dict], path: Path) -> None:
     for kl in sorted({min(c["kl"] for c in configs), max(c["kl"] for c in configs)}):
         draw.text((8, y_of(kl) - 6), f"{kl:.3g}", fill="black")
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    series = sorted({(c["sparsity"], c["imatrix"]) for c in configs})
-    for i, (sparsity, kind) in enumerate(series):
-        mine = [c for c in configs if (c["sparsity"], c["imatrix"]) == (sparsity, kind)]
+    series = sorted({(c["sparsity"], c["imatrix"], c["embedding"]) for c in configs})
+    for i, (sparsity, kind, embedding) in enumerate(series):
+        mine = [c for c in configs if (c["sparsity"], c["imatrix"], c["embedding"]) == (sparsity, kind, embedding)]
         colour = colours[i % len(colours)]
         line = [(x_of(c["mib"]), y_of(c["kl"])) for c in on_frontier(mine)]
         if len(line) > 1:
@@ -233,7 +243,8 @@ def write_png(rows: list[dict], path: Path) -> None:
             x, y = x_of(c["mib"]), y_of(c["kl"])
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
             draw.text((x + 4, y - 12), c["quant"], fill=colour)
-        label = ("dense" if sparsity == 0 else f"ppgguf FFN {sparsity:g}") + f", imatrix {kind}"
+        label = (("dense" if sparsity == 0 else f"ppgguf FFN {sparsity:g}") + f", imatrix {kind}"
+                 + ("" if embedding == "auto" else f", embedding {embedding}"))
         draw.text((width - pad - 210, pad + 16 * i), label, fill=colour)
     image.save(path)
 
@@ -248,7 +259,11 @@ def main() -> None:
     parser.add_argument("--imatrix", nargs="+", default=["none", "generic", "persona"], choices=["none", "generic", "persona"])
     parser.add_argument("--pruned-quants", nargs="+", default=["Q8_0", "Q4_K_M", "IQ4_NL"], help="types of the pruned models")
     parser.add_argument("--pruned-imatrix", nargs="+", default=["none", "persona"], choices=["none", "generic", "persona"])
-    parser.add_argument("--answers", nargs="*", default=[], metavar="TYPE[:IMATRIX]",
+    parser.add_argument("--embedding-quants", nargs="+", default=["auto"], metavar="TYPE",
+                        help="token embedding types (auto: the mix's own); each file is made with each")
+    parser.add_argument("--files", nargs="+", metavar="TYPE:IMATRIX:EMBEDDING",
+                        help="the dense files to make, instead of every --quants x --imatrix x --embedding-quants")
+    parser.add_argument("--answers", nargs="*", default=[], metavar="TYPE[:IMATRIX[:EMBEDDING]]",
                         help="files that also get the greedy-answer measures (two minutes a file), e.g. F16 Q4_0:none")
     parser.add_argument("--recipe", default="default", help="calibration and pruning recipe")
     parser.add_argument("--work", type=Path, help="keeps each model's F32 export and importance matrices for reruns")

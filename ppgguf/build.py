@@ -174,7 +174,7 @@ def resolve_device(device: str) -> str:
 
 
 def _pruning_settings(recipe: Recipe) -> dict[str, Any]:
-    after_pruning = ("quant", "imatrix", "target_size_mib", "validation_prompts") + HEAL_FIELDS
+    after_pruning = ("quant", "imatrix", "embedding_quant", "target_size_mib", "validation_prompts") + HEAL_FIELDS
     return {k: v for k, v in recipe.to_json().items() if k not in after_pruning}
 
 
@@ -194,11 +194,17 @@ def exported_tokenizer_spec(base: BaseModel, tokenizer: ChatTokenizer, system_pr
 
 
 def _size_message(recipe: Recipe, size: dict[str, Any]) -> str:
-    prune, export = recipe.prune, recipe.export
-    chosen = (f"FFN sparsity {prune.ffn_sparsity:g}, {export.quant}, imatrix {export.imatrix}"
-              if "target_mib" in size else export.quant)
-    target = f" (target {size['target_mib']:g} MiB)" if "target_mib" in size else ""
-    return f"Predicted file size: {size['predicted_bytes'] / 2**20:.1f} MiB{target}: {chosen}"
+    export = recipe.export
+    chosen = size.get("chosen") or export.quant + (f", token embedding {export.embedding_quant}"
+                                                   if export.embedding_quant else "")
+    if "target_mib" in size:
+        rule = f" (target {size['target_mib']:g} MiB)"
+    elif "source_bytes" in size:
+        smaller = size["predicted_bytes"] < size["source_bytes"]
+        rule = f" ({'smaller than' if smaller else 'nothing is smaller than'} the base's {size['source_bytes'] / 2**20:.1f} MiB)"
+    else:
+        rule = ""
+    return f"Predicted file size: {size['predicted_bytes'] / 2**20:.1f} MiB{rule}: {chosen}"
 
 
 def export_f32(model: torch.nn.Module, persona: Persona, base: BaseModel, spec, recipe: Recipe,
@@ -221,9 +227,10 @@ def importance_matrix(model: torch.nn.Module, base: BaseModel, recipe: Recipe, c
                       weights_key: list, clock: StageClock) -> Path | None:
     """The recipe's importance matrix of the pruned model, as llama-imatrix's GGUF in the run directory."""
     kind = recipe.export.imatrix
-    if not uses_imatrix(recipe.export.quant, kind):  # nothing to weigh: no calibration run for it
+    if not uses_imatrix(recipe.export.quant, kind, recipe.export.embedding_quant):  # nothing to weigh
         return None
-    path = work / f"imatrix-{kind}-{key_of(weights_key)}.gguf"
+    # "tied-output": the entry for a tied token embedding, absent from matrices of earlier versions.
+    path = work / f"imatrix-{kind}-{key_of([weights_key, 'tied-output'])}.gguf"
     if path.is_file():
         clock.progress("Reusing the importance matrix from the run directory")
         return path
@@ -256,7 +263,8 @@ def quantize_validate_and_place(model, f32_path: Path, imatrix: Path | None, rep
     try:
         matrix = read_imatrix_gguf(imatrix) if imatrix else None
         report["quantization"] = clock.run(
-            "quantize", f"Quantizing to {quant}", lambda: quantize(f32_path, tmp_gguf, quant, imatrix=matrix))
+            "quantize", f"Quantizing to {quant}",
+            lambda: quantize(f32_path, tmp_gguf, quant, imatrix=matrix, embedding_quant=recipe.export.embedding_quant))
         report["quantization"]["imatrix"] = recipe.export.imatrix if imatrix else "none"
         sequences = validation_sequences(tokenizer, persona, recipe.validate.prompts)
         reference = clock.run("reference", "Computing PyTorch reference logits", lambda: torch_logits(model, sequences))

@@ -62,6 +62,7 @@ def build(
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M, IQ2_XXS ..."),
     imatrix: Optional[str] = typer.Option(None, "--imatrix", help="Importance matrix for the quantizer: none, persona (the character's calibration answers) or generic."),
+    embedding_quant: Optional[str] = typer.Option(None, "--embedding-quant", help="Type of the token embedding (and of the output matrix where tied): Q8_0, Q5_0, IQ4_NL, Q4_0 ...; default: the quant mix's own."),
     target_size: Optional[float] = typer.Option(None, "--target-size", metavar="MIB", help="Largest file size in MiB: FFN sparsity, quant and imatrix are chosen for the lowest measured KL within it."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
@@ -95,7 +96,7 @@ def build(
 
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
-        "quant": quant, "imatrix": imatrix, "seed": seed, "uniform": False if per_layer else None,
+        "quant": quant, "imatrix": imatrix, "embedding_quant": embedding_quant, "seed": seed, "uniform": False if per_layer else None,
         "teacher": str(teacher) if teacher else None, "heal": heal, "target_size_mib": target_size,
         "bake": None if bake is None else (BAKE_FLAG_MODE if bake else "off"),
     }

@@ -41,21 +41,23 @@ class ImportanceMatrix:
 
 
 def quantized_linears(model: nn.Module, family: Family) -> dict[str, nn.Linear]:
-    """GGUF tensor name -> the nn.Linear whose weight the GGUF stores as that (quantized) matrix."""
+    """GGUF tensor name -> the nn.Linear whose weight the GGUF stores as that (quantized) matrix.
+    A tied output matrix is left out: the GGUF stores it as token_embd (see collect_imatrix)."""
     config = model.config
     arch = choose_arch(family, layer_widths(model), config.hidden_size, config.head_dim)
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     linears = {}
     for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) or (module_name == "lm_head" and config.tie_word_embeddings):
             continue
-        if module_name == "lm_head" and config.tie_word_embeddings:
-            continue  # tied: the GGUF stores token_embd only, which llama-imatrix does not measure
         gguf_name = name_map.get_name(module_name + ".weight", try_suffixes=(".weight",))
         if gguf_name is None:
             raise ValueError(f"no GGUF name for matrix {module_name}")
         linears[gguf_name] = module
     return linears
+
+
+TIED_OUTPUT = "token_embd.weight"
 
 
 @torch.no_grad()
@@ -66,26 +68,34 @@ def collect_imatrix(
     through `model` (already on `device`) in eval mode.
 
     Export permutes the rows of Q and K for llama.cpp's rotary layout (export.py); rows are outputs,
-    so the input columns measured here are the GGUF matrix's columns unchanged.
+    so the input columns measured here are the GGUF matrix's columns unchanged. Where the output
+    matrix is the token embedding (tied), its inputs, the final norm's outputs, are entered under
+    token_embd: llama-imatrix does not measure it, but llama.cpp's quantizer looks it up by that name,
+    so a low-bit embedding (--embedding-quant) is rounded for the logits it makes.
     """
     if not sequences:
         raise ValueError("no calibration sequences for the importance matrix")
     linears = quantized_linears(model, family)
-    sums = {name: torch.zeros(m.in_features, dtype=torch.float64, device=device) for name, m in linears.items()}
-    counts = dict.fromkeys(linears, 0)
+    widths = {name: m.in_features for name, m in linears.items()}
+    tied = model.config.tie_word_embeddings
+    if tied:
+        widths[TIED_OUTPUT] = model.config.hidden_size
+    sums = {name: torch.zeros(width, dtype=torch.float64, device=device) for name, width in widths.items()}
+    counts = dict.fromkeys(widths, 0)
 
-    def hook_for(name: str):
-        def accumulate(module: nn.Linear, args: tuple) -> None:
-            x = args[0].reshape(-1, module.in_features).to(torch.float64)
-            sums[name] += x.square().sum(dim=0)
-            counts[name] += x.shape[0]
-        return accumulate
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, widths[name]).to(torch.float64)
+        sums[name] += x.square().sum(dim=0)
+        counts[name] += x.shape[0]
 
     was_training = model.training
     model.eval()
-    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in linears.items()]
-    # A tied output matrix is not measured: the body alone gives every input, without the vocabulary-wide matmul.
-    run = model.model if "output.weight" not in linears else model
+    handles = [m.register_forward_pre_hook(lambda module, args, name=name: accumulate(name, args[0]))
+               for name, m in linears.items()]
+    if tied:
+        handles.append(model.model.norm.register_forward_hook(lambda module, args, out: accumulate(TIED_OUTPUT, out)))
+    # Tied, the body alone gives every input, without the vocabulary-wide matmul.
+    run = model.model if tied else model
     try:
         for ids in sequences:
             run(torch.tensor([ids], device=device), use_cache=False)

@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from .errors import UserError
 from .gguf_file import read_header
 from .keys import ATTENTION, LLM, arch_key
-from .quantize import QUANT_TYPES
+from .quantize import AUTO, QUANT_TYPES
 from .recipe import Recipe
 from .speed import current_rss_bytes
 
@@ -134,9 +134,12 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
 
 def quantized_bytes(shape: ModelShape, recipe: Recipe) -> int:
     """About the size of the file the build writes (ppgguf.sizing says it exactly, once the model is loaded):
-    the size target, or every parameter in the widest type the recipe's quant type stores matrices in."""
+    the size target, the source's size for quant "auto" (chosen below it where it can be), or every parameter
+    in the widest type the recipe's quant type stores matrices in."""
     if recipe.export.target_size_mib > 0:
         return int(recipe.export.target_size_mib * MiB)
+    if recipe.export.quant == AUTO:
+        return shape.source_bytes
     widest = max(GGML_QUANT_SIZES[t][1] / GGML_QUANT_SIZES[t][0] for t in QUANT_TYPES[recipe.export.quant].types)
     return int(shape.parameters * widest)
 

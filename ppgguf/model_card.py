@@ -83,7 +83,8 @@ def _at_a_glance(report: dict, out_name: str) -> list[str]:
         lines.append(f"| file size | {_mib(report['file_bytes'])} ({report['file_bytes']:,} bytes) |")
     if quant:
         types = ", ".join(f"{k} x{v}" for k, v in quant.get("tensor_types", {}).items())
-        lines.append(f"| quantization | {quant.get('quant', recipe.get('quant', '?'))} (tensor types: {types}) |")
+        embedding = f", token embedding {quant['embedding_quant']}" if quant.get("embedding_quant") else ""
+        lines.append(f"| quantization | {quant.get('quant', recipe.get('quant', '?'))}{embedding} (tensor types: {types}) |")
     if widths:
         ffn = sorted({w["n_ff"] for w in widths})
         heads = sorted({w["n_head"] for w in widths})

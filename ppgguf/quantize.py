@@ -74,16 +74,46 @@ QUANT_TYPES: dict[str, QuantType] = {
 # Types llama.cpp rounds the same with or without an importance matrix (no weighted search).
 IMATRIX_BLIND = {"F32", "F16", "BF16", "Q8_0"}
 
+# Types the token embedding can be given instead of the mix's own choice (llama-quantize
+# --token-embedding-type). Where the output matrix is the embedding (tied, SmolLM2) this is the
+# output's type too: the mixes keep it at 6-8 bits (Q8_0 on SmolLM2: 30 of its 87 MiB at IQ4_NL).
+EMBEDDING_TYPES = {name: T[name] for name in ("F16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "IQ4_NL", "Q4_0",
+                                              "Q3_K", "Q2_K")}
 
-def uses_imatrix(quant: str, kind: str) -> bool:
-    """Whether a build of `quant` with the recipe's imatrix `kind` takes an importance matrix at all."""
-    return kind != "none" and quant.upper() not in IMATRIX_BLIND
+
+def uses_imatrix(quant: str, kind: str, embedding_quant: str = "") -> bool:
+    """Whether a build of `quant` (its token embedding at `embedding_quant` where given) with the
+    recipe's imatrix `kind` takes an importance matrix at all."""
+    return kind != "none" and any(t and t.upper() not in IMATRIX_BLIND for t in (quant, embedding_quant))
 
 
-def check_quant_type(name: str) -> str:
+# The default quant: the type, importance matrix and embedding type with the lowest measured KL
+# whose file is smaller than the base model's own weights (ppgguf.sizing chooses it per base).
+AUTO = "auto"
+
+
+def check_quant_type(name: str, auto: bool = False) -> str:
+    """The type's canonical name; "auto" too where `auto` is allowed (a recipe's knob, not a quantize call)."""
+    if auto and name.lower() == AUTO:
+        return AUTO
     key = name.upper()
     if key not in QUANT_TYPES:
-        raise UserError(f"unknown quant type '{name}'; choose one of: {', '.join(QUANT_TYPES)}")
+        allowed = ([AUTO] if auto else []) + list(QUANT_TYPES)
+        raise UserError(f"unknown quant type '{name}'; choose one of: {', '.join(allowed)}")
+    return key
+
+
+def check_embedding_type(name: str, width: int | None = None) -> str:
+    """The embedding type's name, refused when unknown or when its blocks do not divide the rows
+    (llama.cpp applies the override without falling back)."""
+    key = name.upper()
+    if key not in EMBEDDING_TYPES:
+        raise UserError(f"unknown embedding quant type '{name}'; choose one of: {', '.join(EMBEDDING_TYPES)}")
+    block = gguf.GGML_QUANT_SIZES[EMBEDDING_TYPES[key]][0]
+    if width is not None and width % block:
+        fits = ", ".join(n for n, t in EMBEDDING_TYPES.items() if width % gguf.GGML_QUANT_SIZES[t][0] == 0)
+        raise UserError(f"--embedding-quant {key} needs rows divisible by {block}, but this model's embedding is "
+                        f"{width} wide; choose one of: {fits}")
     return key
 
 
@@ -124,15 +154,15 @@ def quantize(
     allow_requantize: bool = False,
     threads: int | None = None,
     imatrix: ImportanceMatrix | None = None,
+    embedding_quant: str = "",
 ) -> dict:
     """Quantize `src` to `dst` (written through a temporary name), weighting rounding by `imatrix`
-    where given; returns the type report."""
+    where given, the token embedding at `embedding_quant` where given; returns the type report."""
     import llama_cpp
 
     quant = check_quant_type(quant)
     check_imatrix_needed(quant, imatrix is not None)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
+    params = quantize_params(quant, embedding_quant, embedding_width(src) if embedding_quant else None)
     params.nthread = threads or os.cpu_count() or 1
     params.allow_requantize = allow_requantize
     weights = ImatrixArray(imatrix.means()) if imatrix is not None else None
@@ -147,20 +177,41 @@ def quantize(
         reason = messages.last_line() or log.last_line() or f"rc={rc}"
         raise UserError(f"llama.cpp could not quantize {src.name} to {quant}: {reason}")
     tmp.replace(dst)
-    report = type_report(dst, quant)
+    report = type_report(dst, quant, embedding_quant)
     if weights is not None:
         report["imatrix_entries"] = len(weights.names)
     return report
 
 
-def type_report(path: Path, quant: str) -> dict:
+def quantize_params(quant: str, embedding_quant: str = "", width: int | None = None):
+    """llama.cpp's quantize parameters for the type `quant`, the token embedding at `embedding_quant`."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
+    if embedding_quant:
+        params.token_embedding_type = int(EMBEDDING_TYPES[check_embedding_type(embedding_quant, width)])
+    return params
+
+
+def embedding_width(path: Path) -> int:
+    """Row width of a GGUF's token embedding, from its tensor table."""
+    for tensor in gguf.GGUFReader(path).tensors:
+        if tensor.name == "token_embd.weight":
+            return int(tensor.shape[0])
+    raise UserError(f"{path} has no token_embd.weight tensor")
+
+
+def type_report(path: Path, quant: str, embedding_quant: str = "") -> dict:
     """Types of the file's matrices, and the matrices stored outside the requested mix."""
-    expected = QUANT_TYPES[quant].types
     reader = gguf.GGUFReader(path)
     counts: Counter = Counter()
     fallbacks = []
     for tensor in reader.tensors:
         counts[tensor.tensor_type.name] += 1
+        expected = ({EMBEDDING_TYPES[embedding_quant.upper()]} if embedding_quant and tensor.name == "token_embd.weight"
+                    else QUANT_TYPES[quant].types)
         if len(tensor.shape) >= 2 and tensor.tensor_type not in expected:
             fallbacks.append({"tensor": tensor.name, "type": tensor.tensor_type.name, "row": int(tensor.shape[0])})
-    return {"quant": quant, "tensor_types": dict(sorted(counts.items())), "fallbacks": fallbacks}
+    return {"quant": quant, **({"embedding_quant": embedding_quant.upper()} if embedding_quant else {}),
+            "tensor_types": dict(sorted(counts.items())), "fallbacks": fallbacks}

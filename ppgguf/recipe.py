@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 from .errors import UserError
 from .importance import check_method
 from .plan import check_sparsity
-from .quantize import check_imatrix_needed, check_quant_type
+from .quantize import AUTO, check_embedding_type, check_imatrix_needed, check_quant_type
 
 LOSSES = ("kl", "ce")
 IMATRIX_KINDS = ("none", "persona", "generic")  # which calibration text the importance matrix is taken on
@@ -76,8 +76,9 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class ExportSection:
-    quant: str  # a llama.cpp quant type, upper case
+    quant: str  # a llama.cpp quant type, upper case, or "auto": chosen with imatrix and embedding_quant (ppgguf.sizing)
     imatrix: str  # importance matrix for the quantizer: "none", "persona" or "generic" (ppgguf.imatrix)
+    embedding_quant: str  # the token embedding's type (and a tied output's); "": the quant mix's own choice
     target_size_mib: float  # 0: build the knobs as set; else the best measured configuration within it (ppgguf.sizing)
 
 
@@ -121,6 +122,7 @@ FLAT_KEYS = {
     "bake_steps": ("train", "bake_steps"),
     "bake_lr": ("train", "bake_lr"),
     "train_embeddings": ("train", "train_embeddings"),
+    "embedding_quant": ("export", "embedding_quant"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -217,10 +219,12 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         check_method(recipe.prune.method)
         if recipe.train.loss not in LOSSES:
             raise UserError(f"unknown loss '{recipe.train.loss}'; use \"kl\" or \"ce\"")
-        quant = check_quant_type(recipe.export.quant)
+        quant = check_quant_type(recipe.export.quant, auto=True)
         if recipe.export.imatrix not in IMATRIX_KINDS:
             raise UserError(f"unknown imatrix '{recipe.export.imatrix}'; use one of: {', '.join(IMATRIX_KINDS)}")
-        check_imatrix_needed(quant, recipe.export.imatrix != "none")
+        if quant != AUTO:
+            check_imatrix_needed(quant, recipe.export.imatrix != "none")
+        embedding_quant = check_embedding_type(recipe.export.embedding_quant) if recipe.export.embedding_quant else ""
         if recipe.train.bake not in BAKE_MODES:
             raise UserError(f"unknown bake mode '{recipe.train.bake}'; use one of: {', '.join(BAKE_MODES)}")
     except UserError as err:
@@ -233,4 +237,4 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         raise UserError(f"{where_key} must be a size in MiB (0 for none), got {recipe.export.target_size_mib:g}")
     for key in ("ffn_sparsity", "head_sparsity"):
         check_sparsity(f"{where}: {key}" if where else "--" + key.replace("_", "-"), getattr(recipe.prune, key))
-    return replace(recipe, export=replace(recipe.export, quant=quant))
+    return replace(recipe, export=replace(recipe.export, quant=quant, embedding_quant=embedding_quant))

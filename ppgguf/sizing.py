@@ -25,8 +25,9 @@ import torch
 from .errors import UserError
 from .export import export_gguf, gguf_metadata
 from .llama_io import captured_stderr, llama_log
+from .memory import model_shape
 from .plan import Importance, make_plan
-from .quantize import QUANT_TYPES, ImatrixArray, check_quant_type, uses_imatrix
+from .quantize import AUTO, ImatrixArray, check_quant_type, quantize_params, uses_imatrix
 from .recipe import Recipe, with_overrides
 from .surgery import apply_plan
 
@@ -70,10 +71,13 @@ def write_shape_file(model: torch.nn.Module, write: Callable[..., dict], path: P
     return ShapeFile(path, written["header_bytes"], written["tensors"], written["alignment"])
 
 
-def predicted_file_bytes(shapes: ShapeFile, quant: str, with_imatrix: bool) -> int:
-    """Bytes of the file llama.cpp's quantizer makes of `shapes` at `quant`."""
+def predicted_file_bytes(shapes: ShapeFile, quant: str, with_imatrix: bool, embedding_quant: str = "") -> int:
+    """Bytes of the file llama.cpp's quantizer makes of `shapes` at `quant` (the token embedding at
+    `embedding_quant` where given)."""
     quant = check_quant_type(quant)
-    types = _dry_run_types(shapes.path, quant, shapes.tensors if with_imatrix else None)
+    width = shapes.tensors["token_embd.weight"][-1] if embedding_quant else None
+    types = _dry_run_types(shapes.path, quantize_params(quant, embedding_quant, width),
+                           shapes.tensors if with_imatrix else None)
     missing = set(shapes.tensors) - set(types)
     if missing:
         raise UserError(f"llama.cpp's dry run did not report the type of {len(missing)} tensors "
@@ -83,11 +87,9 @@ def predicted_file_bytes(shapes: ShapeFile, quant: str, with_imatrix: bool) -> i
                         for name, shape in shapes.tensors.items())
 
 
-def _dry_run_types(path: Path, quant: str, imatrix_of: dict | None) -> dict[str, gguf.GGMLQuantizationType]:
+def _dry_run_types(path: Path, params, imatrix_of: dict | None) -> dict[str, gguf.GGMLQuantizationType]:
     import llama_cpp
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
     params.dry_run = True
     # With an importance matrix some mixes choose other types, so a stand-in of the right shapes goes along.
     weights = ImatrixArray({name: np.ones(shape[-1], np.float32) for name, shape in imatrix_of.items()
@@ -98,7 +100,8 @@ def _dry_run_types(path: Path, quant: str, imatrix_of: dict | None) -> dict[str,
         rc = llama_cpp.llama_model_quantize(str(path).encode(), str(path.with_suffix(".dry")).encode(),
                                             ctypes.byref(params))
     if rc != 0:
-        raise UserError(f"llama.cpp could not plan {quant} for this model: {messages.last_line() or log.last_line()}")
+        raise UserError(f"llama.cpp could not plan this quantization of the model: "
+                        f"{messages.last_line() or log.last_line()}")
     types = {}
     for match in _TENSOR_LINE.finditer(messages.text + "\n" + log.text):
         types[match["name"]] = gguf.GGMLQuantizationType[(match["dst"] or match["src"]).upper()]
@@ -133,7 +136,8 @@ def predict_build_bytes(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, pe
             model, lambda m, path, **kw: export_gguf(m, base.family, spec, path, "F32", **metadata, **kw),
             directory / f"shapes-{len(shape_files)}.f32.gguf")
     export = recipe.export
-    return predicted_file_bytes(shape_files[key], export.quant, uses_imatrix(export.quant, export.imatrix))
+    return predicted_file_bytes(shape_files[key], export.quant,
+                                uses_imatrix(export.quant, export.imatrix, export.embedding_quant), export.embedding_quant)
 
 
 @dataclass(frozen=True)
@@ -141,69 +145,98 @@ class Candidate:
     ffn_sparsity: float
     quant: str
     imatrix: str
+    embedding_quant: str  # the token embedding's type; "": the mix's own
     kl: float  # mean KL measured by benchmarks/frontier.py (see MEASURED_ON)
 
+    def type_overrides(self) -> dict:
+        return {"quant": self.quant, "imatrix": self.imatrix, "embedding_quant": self.embedding_quant}
+
     def overrides(self) -> dict:
-        return {"ffn_sparsity": self.ffn_sparsity, "head_sparsity": 0.0, "uniform": True, "quant": self.quant,
-                "imatrix": self.imatrix}
+        return {"ffn_sparsity": self.ffn_sparsity, "head_sparsity": 0.0, "uniform": True, **self.type_overrides()}
+
+    def describe(self) -> str:
+        embedding = f", token embedding {self.embedding_quant}" if self.embedding_quant else ""
+        return f"FFN sparsity {self.ffn_sparsity:g}, {self.quant}{embedding}, imatrix {self.imatrix}"
 
 
 # What benchmarks/frontier.py measured (mean KL to the dense F16 model on held-out questions); a
-# target takes the lowest KL whose file fits, each size predicted for the build's own base model.
+# choice takes the lowest KL whose file fits, each size predicted for the build's own base model.
 # Only configurations on the measured frontier are listed (a dominated one would never be chosen there).
 MEASURED_ON = ("SmolLM2-135M-Instruct, Jack Torrance, 40 held-out questions "
                "(benchmarks/results/frontier-jack-torrance-40-questions.json)")
 CANDIDATES = (
-    Candidate(0.0, "F16", "none", 0.0),            # 258.3 MiB
-    Candidate(0.0, "Q8_0", "none", 0.0040),        # 138.1 MiB
-    Candidate(0.0, "Q4_K_M", "persona", 0.0390),   # 100.6 MiB
-    Candidate(0.0, "Q5_0", "persona", 0.0597),     # 100.3 MiB
-    Candidate(0.0, "IQ4_NL", "persona", 0.0964),   # 87.5 MiB
-    Candidate(0.0, "IQ4_XS", "persona", 0.0994),   # 86.7 MiB
-    Candidate(0.0, "IQ2_XXS", "persona", 0.5581),  # 79.9 MiB
-    Candidate(0.5, "Q4_K_M", "persona", 0.9553),   # 74.5 MiB
-    Candidate(0.5, "IQ4_NL", "persona", 0.9994),   # 66.1 MiB
+    Candidate(0.0, "F16", "none", "", 0.0),                  # 258.3 MiB
+    Candidate(0.0, "Q8_0", "none", "", 0.0040),              # 138.1 MiB
+    Candidate(0.0, "Q4_K_M", "persona", "", 0.0392),         # 100.6 MiB
+    Candidate(0.0, "Q5_0", "persona", "", 0.0589),           # 100.3 MiB
+    Candidate(0.0, "Q4_K_M", "persona", "Q5_0", 0.0549),     # 90.4 MiB
+    Candidate(0.0, "Q4_K_M", "persona", "IQ4_NL", 0.0828),   # 87.1 MiB
+    Candidate(0.0, "IQ4_XS", "persona", "", 0.0994),         # 86.7 MiB
+    Candidate(0.0, "IQ4_NL", "persona", "Q5_0", 0.1094),     # 77.3 MiB
+    Candidate(0.0, "IQ4_NL", "persona", "IQ4_NL", 0.1413),   # 74.0 MiB
+    Candidate(0.0, "IQ3_S", "persona", "IQ4_NL", 0.2037),    # 70.6 MiB
+    Candidate(0.0, "IQ3_XXS", "persona", "IQ4_NL", 0.2568),  # 69.4 MiB
+    Candidate(0.0, "IQ2_M", "persona", "IQ4_NL", 0.3680),    # 68.1 MiB
+    Candidate(0.5, "Q4_K_M", "persona", "", 0.9553),         # 74.5 MiB
+    Candidate(0.5, "IQ4_NL", "persona", "", 0.9994),         # 66.1 MiB
 )
 
 
 def fit_to_size(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: Persona, work: Path) -> tuple[Recipe, dict]:
     """The recipe a build runs, and what its size will be.
 
-    Without a size target the recipe is kept. With one, the candidate with the lowest measured KL
-    whose predicted file fits is chosen; a target no candidate reaches is refused with the smallest
-    size there is.
+    With a size target, the candidate with the lowest measured KL whose predicted file fits is
+    chosen; a target no candidate reaches is refused with the smallest size there is. With quant
+    "auto", the types (quant, imatrix, embedding) of the candidate with the lowest KL whose file at the
+    recipe's own sparsity is smaller than the base's weight files, else of the smallest.
+    Otherwise the recipe is kept.
     """
-    target = recipe.export.target_size_mib
+    target, auto = recipe.export.target_size_mib, recipe.export.quant == AUTO
     with tempfile.TemporaryDirectory(dir=work, prefix="shapes-") as directory:
         shape_files: dict[tuple, ShapeFile] = {}
         predict = lambda r: predict_build_bytes(r, base, spec, persona, Path(directory), shape_files)  # noqa: E731
-        if not target:
+        if not target and not auto:
             return recipe, {"predicted_bytes": predict(recipe)}
+        if target:
+            options = [(c, with_overrides(recipe, c.overrides())) for c in CANDIDATES]
+            limit = int(target * 2**20)
+        else:
+            options = [(c, with_overrides(recipe, c.type_overrides())) for c in CANDIDATES if c.ffn_sparsity == 0]
+            source_bytes = model_shape(Path(base.source)).source_bytes
+            limit = source_bytes - 1
         smallest = None
-        for candidate in sorted(CANDIDATES, key=lambda c: c.kl):
-            chosen = with_overrides(recipe, candidate.overrides())
+        for candidate, chosen in sorted(options, key=lambda option: option[0].kl):
             predicted = predict(chosen)
-            if predicted <= target * 2**20:
-                return chosen, {"predicted_bytes": predicted, "target_mib": target, "measured_kl": candidate.kl,
-                                "measured_on": MEASURED_ON}
+            if predicted <= limit:
+                rule = {"target_mib": target} if target else {"source_bytes": source_bytes}
+                return chosen, {"predicted_bytes": predicted, **rule, "chosen": candidate.describe(),
+                                "measured_kl": candidate.kl, "measured_on": MEASURED_ON}
             if smallest is None or predicted < smallest[0]:
-                smallest = (predicted, candidate)
-    size, candidate = smallest
+                smallest = (predicted, candidate, chosen)
+    size, candidate, chosen = smallest
+    if auto and not target:  # nothing is smaller than the source: the smallest file there is
+        return chosen, {"predicted_bytes": size, "source_bytes": source_bytes, "chosen": candidate.describe(),
+                        "measured_kl": candidate.kl, "measured_on": MEASURED_ON}
     raise UserError(
         f"--target-size {target:g} MiB cannot be reached: the smallest file ppgguf makes of {recipe.base.model} is "
-        f"{size / 2**20:.1f} MiB (FFN sparsity {candidate.ffn_sparsity:g}, {candidate.quant}); "
-        f"ask for at least {size / 2**20:.1f}")
+        f"{size / 2**20:.1f} MiB ({candidate.describe()}); ask for at least {size / 2**20:.1f}")
 
 
-CHOSEN_BY_TARGET = ("ffn_sparsity", "head_sparsity", "quant", "imatrix", "uniform")
+CHOSEN_BY_TARGET = ("ffn_sparsity", "head_sparsity", "quant", "imatrix", "embedding_quant", "uniform")
 
 
 def check_target_options(recipe: Recipe, overrides: dict) -> None:
-    """A size target chooses sparsity, quant type and imatrix itself: refuse options that set them too."""
-    if not recipe.export.target_size_mib:
-        return
-    given = [key for key in CHOSEN_BY_TARGET if overrides.get(key) is not None]
-    if given:
-        flags = ", ".join("--per-layer" if key == "uniform" else "--" + key.replace("_", "-") for key in given)
-        raise UserError(f"--target-size chooses FFN sparsity, quant type and imatrix itself; drop {flags} "
-                        "(or drop --target-size to set them)")
+    """A size target chooses sparsity and types itself, quant "auto" the types: refuse options that set them too."""
+    def flags(keys):
+        return ", ".join("--per-layer" if key == "uniform" else "--" + key.replace("_", "-") for key in keys)
+
+    if recipe.export.target_size_mib:
+        given = [key for key in CHOSEN_BY_TARGET if overrides.get(key) is not None]
+        if given:
+            raise UserError(f"--target-size chooses FFN sparsity, quant type and imatrix itself; drop {flags(given)} "
+                            "(or drop --target-size to set them)")
+    elif recipe.export.quant == AUTO:
+        given = [key for key in ("imatrix", "embedding_quant") if overrides.get(key) is not None]
+        if given:
+            raise UserError(f"{flags(given)} say how a quant type is made: add --quant TYPE (the default, auto, "
+                            "chooses them with the type)")

@@ -12,7 +12,7 @@ from ppgguf.errors import UserError
 from ppgguf.export import export_gguf
 from ppgguf.imatrix import ImportanceMatrix, collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
 from ppgguf.llama_io import open_gguf
-from ppgguf.quantize import QUANT_TYPES, check_imatrix_needed, check_quant_type, quantize
+from ppgguf.quantize import QUANT_TYPES, check_imatrix_needed, check_quant_type, embedding_width, quantize
 from ppgguf.surgery import apply_plan
 
 from test_surgery import per_layer_plan, uniform_plan
@@ -60,11 +60,25 @@ def test_every_quantized_matrix_has_an_entry(tiny, kind, token_sequences, tmp_pa
     written = export_gguf(model, tiny.base.family, tiny.base.tokenizer_spec, path, "F32")
     imatrix = collect_imatrix(model, tiny.base.family, token_sequences)
 
+    # The token embedding is a matmul's input only where it is the output matrix too (tied).
     matrices = {t.name: int(t.shape[0]) for t in gguf.GGUFReader(path).tensors
-                if len(t.shape) >= 2 and t.name != "token_embd.weight"}
+                if len(t.shape) >= 2 and (t.name != "token_embd.weight" or kind == "tied")}
     assert {name: len(v) for name, v in imatrix.means().items()} == matrices, written["architecture"]
     assert ("output.weight" in matrices) == (kind != "tied")
     assert not model.training
+
+
+def test_a_tied_embedding_is_weighed_by_the_output_matmul_inputs(tiny, token_sequences):
+    model = make_model(tiny.family, tiny.vocab_size, seed=5, tied=True)
+    imatrix = collect_imatrix(model, tiny.base.family, token_sequences)
+    seen = []
+    handle = model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        for ids in token_sequences:
+            model(torch.tensor([ids]))
+    handle.remove()
+    inputs = torch.cat(seen).double()
+    np.testing.assert_allclose(imatrix.means()["token_embd.weight"], inputs.square().mean(0).numpy(), rtol=1e-5)
 
 
 def test_write_read_round_trip_in_llama_imatrix_format(tiny_qwen2, token_sequences, tmp_path):
@@ -168,3 +182,45 @@ def test_low_bit_type_with_an_imatrix_quantizes_and_loads(f32_llama, tmp_path, q
     assert ("blk.0.ffn_gate.weight" in fallbacks) == (quant == "IQ2_XXS") and "output.weight" in fallbacks, report
     assert QUANT_TYPES[quant].needs_imatrix == (quant == "IQ2_XXS")
     assert open_gguf(dst, n_ctx=64, threads=2) is not None
+
+
+@pytest.fixture(scope="module")
+def f32_tied(tiny, token_sequences, tmp_path_factory):
+    """A tiny llama whose output matrix is its token embedding, as an F32 GGUF, and its importance matrix."""
+    model = make_model(tiny.family, tiny.vocab_size, seed=5, tied=True)
+    path = tmp_path_factory.mktemp("tied") / "m.f32.gguf"
+    export_gguf(model, tiny.base.family, tiny.base.tokenizer_spec, path, "F32")
+    return path, collect_imatrix(model, tiny.base.family, token_sequences)
+
+
+def test_the_embedding_type_is_set_and_weighed_by_its_output_entry(f32_tied, tmp_path):
+    src, imatrix = f32_tied
+    mix, low, unweighed = tmp_path / "mix.gguf", tmp_path / "low.gguf", tmp_path / "unweighed.gguf"
+    quantize(src, mix, "IQ4_NL", threads=2, imatrix=imatrix)
+    report = quantize(src, low, "IQ4_NL", threads=2, imatrix=imatrix, embedding_quant="q4_0")
+    without = ImportanceMatrix({n: s for n, s in imatrix.sums.items() if n != "token_embd.weight"},
+                               dict(imatrix.counts), imatrix.chunk_count, imatrix.chunk_size)
+    quantize(src, unweighed, "IQ4_NL", threads=2, imatrix=without, embedding_quant="Q4_0")
+
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(low).tensors}
+    assert types["token_embd.weight"] == gguf.GGMLQuantizationType.Q4_0
+    assert {t.name: t.tensor_type for t in gguf.GGUFReader(mix).tensors}["token_embd.weight"] != types["token_embd.weight"]
+    assert report["embedding_quant"] == "Q4_0"
+    assert "token_embd.weight" not in {f["tensor"] for f in report["fallbacks"]}  # asked for, not a fallback
+    assert low.stat().st_size < mix.stat().st_size
+    low_bytes, unweighed_bytes = _matrix_bytes(low), _matrix_bytes(unweighed)
+    assert low_bytes["token_embd.weight"] != unweighed_bytes["token_embd.weight"]  # the output entry is used
+    assert low_bytes["blk.0.ffn_down.weight"] == unweighed_bytes["blk.0.ffn_down.weight"]
+    assert open_gguf(low, n_ctx=64, threads=2) is not None
+
+
+def test_an_embedding_type_whose_blocks_do_not_divide_the_rows_is_refused(f32_tied, tmp_path):
+    src, _ = f32_tied
+    width = embedding_width(src)
+    assert width % 256  # the tiny model's width: 256-blocks do not fit
+    for bad, match in [("Q4_K", f"needs rows divisible by 256, but this model's embedding is {width} wide"),
+                       ("Q9_0", "unknown embedding quant type 'Q9_0'")]:
+        with pytest.raises(UserError, match=match) as err:
+            quantize(src, tmp_path / "x.gguf", "IQ4_NL", embedding_quant=bad)
+        assert "\n" not in str(err.value)
+    assert not list(tmp_path.iterdir())

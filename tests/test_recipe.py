@@ -15,7 +15,7 @@ FLAT_KEYS = [
     "sequence_length", "candidate_questions", "reference_personas", "selected_questions", "answer_tokens",
     "teacher_temperature", "teacher", "steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr",
     "validation_prompts", "imatrix", "target_size_mib", "teacher_top_k", "bake", "bake_steps", "bake_lr",
-    "train_embeddings",  # new knobs go last: the keys before them hash as they always did
+    "train_embeddings", "embedding_quant",  # new knobs go last: the keys before them hash as they always did
 ]
 
 
@@ -25,7 +25,7 @@ def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
     assert list(recipe.to_json()) == FLAT_KEYS
     assert recipe.base.model == recipe.to_json()["base"]
     assert recipe.validate.prompts == recipe.to_json()["validation_prompts"]
-    assert recipe.train.loss in ("kl", "ce") and recipe.export.quant == "IQ4_NL"
+    assert recipe.train.loss in ("kl", "ce") and recipe.export.quant == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe.prune.seed = 1  # type: ignore[misc]
 
@@ -43,6 +43,7 @@ def test_sections_hold_the_toml_tables_and_to_json_stays_flat():
     ('[export]\nimatrix = "mine"\n', "recipe bad.toml: unknown imatrix 'mine'; use one of: none, persona, generic"),
     ('[export]\nquant = "IQ2_XXS"\nimatrix = "none"\n', "recipe bad.toml: IQ2_XXS needs an importance matrix"),
     ('[train]\nbake = "yes"\n', "recipe bad.toml: unknown bake mode 'yes'; use one of: off, name, mix"),
+    ('[export]\nembedding_quant = "Q3"\n', "recipe bad.toml: unknown embedding quant type 'Q3'; choose one of: F16"),
 ])
 def test_a_bad_knob_fails_when_the_recipe_loads(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

@@ -132,6 +132,8 @@ BAD_INPUTS = {
     "ffn-sparsity-under-32-channels": (lambda t, c: {"args": ["--ffn-sparsity", "0.9"]}, r"fewer than 32"),
     "head-sparsity-no-head": (lambda t, c: {"args": ["--head-sparsity", "0.8"]}, r"no attention head"),
     "quant-unknown": (lambda t, c: {"args": ["--quant", "Q3_XYZ"]}, r"unknown quant type 'Q3_XYZ'"),
+    "embedding-quant-unknown": (lambda t, c: {"args": ["--embedding-quant", "Q9"]}, r"unknown embedding quant type 'Q9'"),
+    "embedding-quant-too-wide-blocks": (lambda t, c: {"args": ["--embedding-quant", "Q4_K"]}, r"needs rows divisible by 256"),
     "method-unknown": (lambda t, c: {"args": ["--method", "oracle"]}, r"unknown method 'oracle'"),
     "recipe-unknown-name": (lambda t, c: {"recipe": "no-such-recipe"}, r"unknown recipe 'no-such-recipe'"),
     "recipe-malformed-toml": (lambda t, c: {"recipe": write(t / "bad.toml", "[prune\nmethod = ")}, r"not valid TOML"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from ppgguf.imatrix import collect_imatrix
 from ppgguf.plan import Importance, make_plan
 from ppgguf.quantize import quantize
 from ppgguf.recipe import load_recipe, with_overrides
-from ppgguf.sizing import Candidate, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file
+from ppgguf.sizing import Candidate, check_target_options, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file
 from ppgguf.surgery import apply_plan, layer_widths
 
 CHARACTER = Path(__file__).resolve().parent.parent / "examples" / "captain_mirela.txt"
@@ -38,20 +39,21 @@ def test_the_shape_model_has_the_widths_pruning_gives(tiny_llama):
         assert next(shell.parameters()).device.type == "meta"
 
 
-@pytest.mark.parametrize("quant,imatrix", [("F32", False), ("F16", False), ("Q8_0", False), ("Q4_0", False), ("Q4_0", True),
-                                           ("Q4_K_M", False), ("IQ4_NL", True), ("Q2_K", False)])
-def test_the_predicted_size_is_the_size_llama_cpp_writes(tiny, quant, imatrix, token_sequences, tmp_path):
+@pytest.mark.parametrize("quant,imatrix,embedding", [
+    ("F32", False, ""), ("F16", False, ""), ("Q8_0", False, ""), ("Q4_0", False, ""), ("Q4_0", True, ""),
+    ("Q4_K_M", False, ""), ("IQ4_NL", True, ""), ("Q2_K", False, ""), ("IQ4_NL", True, "Q4_0"), ("Q8_0", False, "Q5_0")])
+def test_the_predicted_size_is_the_size_llama_cpp_writes(tiny, quant, imatrix, embedding, token_sequences, tmp_path):
     model = _pruned(tiny, 0.5, 0.5)
     f32 = tmp_path / "m.f32.gguf"
     export_gguf(model, tiny.base.family, tiny.base.tokenizer_spec, f32, "F32", extra={"ppgguf.persona.name": "Mirela"})
     matrix = collect_imatrix(model, tiny.base.family, token_sequences) if imatrix else None
     out = tmp_path / "m.gguf"
-    quantize(f32, out, quant, imatrix=matrix)
+    quantize(f32, out, quant, imatrix=matrix, embedding_quant=embedding)
 
     shapes = write_shape_file(shaped_like(tiny.model, 0.5, 0.5), lambda m, path, **kw: export_gguf(
         m, tiny.base.family, tiny.base.tokenizer_spec, path, "F32", extra={"ppgguf.persona.name": "Mirela"}, **kw),
         tmp_path / "shapes.gguf")
-    assert predicted_file_bytes(shapes, quant, imatrix) == out.stat().st_size
+    assert predicted_file_bytes(shapes, quant, imatrix, embedding) == out.stat().st_size
 
 
 def test_a_shape_only_file_has_the_full_length_and_writes_no_data(tiny_llama, tmp_path):
@@ -63,8 +65,8 @@ def test_a_shape_only_file_has_the_full_length_and_writes_no_data(tiny_llama, tm
     assert shapes.stat().st_blocks * 512 < full.stat().st_size / 4  # a sparse hole, not zeros written
 
 
-RANKED = (Candidate(0.0, "Q8_0", "none", 0.01), Candidate(0.0, "Q4_0", "generic", 0.2),
-          Candidate(0.5, "Q4_0", "generic", 0.7))
+RANKED = (Candidate(0.0, "Q8_0", "none", "", 0.01), Candidate(0.0, "Q4_0", "generic", "", 0.2),
+          Candidate(0.5, "Q4_0", "generic", "", 0.7))
 
 
 def _sizes(tiny, tmp_path) -> dict[tuple, int]:
@@ -100,8 +102,39 @@ def test_a_target_takes_the_lowest_measured_kl_that_fits_and_refuses_what_none_r
         fit(smallest * 0.9)
 
 
-def test_without_a_target_the_recipe_is_kept_and_its_size_predicted(tiny_llama, tmp_path):
+def test_auto_takes_the_lowest_measured_kl_smaller_than_the_source_at_the_recipes_sparsity(tiny_llama, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(sizing, "CANDIDATES", RANKED)
     sizes, (recipe, spec, persona) = _sizes(tiny_llama, tmp_path)
+    source = {}
+    monkeypatch.setattr(sizing, "model_shape", lambda path: SimpleNamespace(source_bytes=source["bytes"]))
+
+    def fit(source_bytes, **overrides):
+        source["bytes"] = source_bytes
+        auto = with_overrides(recipe, {"quant": "auto", **overrides})
+        return fit_to_size(auto, tiny_llama.base, spec, persona, tmp_path)
+
+    chosen, size = fit(sizes[(0.0, "Q8_0")] + 1)
+    assert (chosen.export.quant, chosen.export.imatrix, chosen.prune.ffn_sparsity) == ("Q8_0", "none", 0.0)
+    assert size["predicted_bytes"] == sizes[(0.0, "Q8_0")] and size["measured_kl"] == 0.01
+    chosen, size = fit(sizes[(0.0, "Q8_0")])  # strictly smaller than the source
+    assert (chosen.export.quant, chosen.export.imatrix) == ("Q4_0", "generic")
+    chosen, size = fit(1)  # nothing is smaller: the smallest type, never a pruned candidate
+    assert (chosen.export.quant, chosen.prune.ffn_sparsity) == ("Q4_0", 0.0) and size["predicted_bytes"] > 1
+    chosen, _ = fit(sizes[(0.0, "Q8_0")], ffn_sparsity=0.5)  # the types only: the recipe's sparsity stays
+    assert (chosen.export.quant, chosen.prune.ffn_sparsity) == ("Q8_0", 0.5)
+
+
+def test_auto_refuses_the_knobs_it_chooses_unless_a_type_is_given(tiny_llama, tmp_path):
+    with pytest.raises(UserError, match=r"^--imatrix, --embedding-quant say how a quant type is made: add --quant"):
+        check_target_options(load_recipe(None), {"imatrix": "none", "embedding_quant": "Q4_0"})
+    check_target_options(with_overrides(load_recipe(None), {"quant": "Q4_0"}), {"quant": "Q4_0", "imatrix": "none"})
+    assert load_recipe(None).export.quant == "auto"
+
+
+def test_without_a_target_or_auto_the_recipe_is_kept_and_its_size_predicted(tiny_llama, tmp_path):
+    sizes, (recipe, spec, persona) = _sizes(tiny_llama, tmp_path)
+    recipe = with_overrides(recipe, {"quant": "Q4_K_M"})
     work = tmp_path / "work"
     work.mkdir()
     chosen, size = fit_to_size(recipe, tiny_llama.base, spec, persona, work)
@@ -110,9 +143,10 @@ def test_without_a_target_the_recipe_is_kept_and_its_size_predicted(tiny_llama, 
 
 
 def test_a_target_with_the_knobs_it_chooses_is_refused(tiny_llama, tmp_path):
-    with pytest.raises(UserError, match="--target-size chooses .* drop --quant, --per-layer"):
+    with pytest.raises(UserError, match="--target-size chooses .* drop --quant, --embedding-quant, --per-layer"):
         build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", device="cpu", overrides={
-            "base": str(tiny_llama.dir), "target_size_mib": 50.0, "quant": "Q4_0", "uniform": False}))
+            "base": str(tiny_llama.dir), "target_size_mib": 50.0, "quant": "Q4_0", "uniform": False,
+            "embedding_quant": "Q4_0"}))
     with pytest.raises(UserError, match="--target-size must be a size in MiB"):
         with_overrides(load_recipe(None), {"target_size_mib": -1.0})
 
@@ -130,3 +164,20 @@ def test_a_build_states_its_size_before_the_long_stages_and_meets_it(tiny_llama,
     assert predicted and calibrating and predicted[0] < calibrating[0]
     report = json.loads(result.report_path.read_text(encoding="utf-8"))
     assert report["size"]["predicted_bytes"] == report["file_bytes"]
+
+
+def test_a_default_build_chooses_its_types_and_writes_a_file_smaller_than_the_base(tiny_llama, tmp_path):
+    from test_build import TINY_RECIPE
+
+    from ppgguf.memory import model_shape
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_RECIPE, encoding="utf-8")
+    messages = []
+    result = build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe), device="cpu",
+                                overrides={"base": str(tiny_llama.dir), "quant": "auto"}), progress=messages.append)
+    report = json.loads(result.report_path.read_text(encoding="utf-8"))
+    source = model_shape(tiny_llama.dir).source_bytes  # F32 safetensors: F16, the lowest measured KL, fits
+    assert report["recipe"]["quant"] == "F16" and report["size"]["chosen"].startswith("FFN sparsity 0, F16")
+    assert report["size"]["predicted_bytes"] == report["file_bytes"] < source == report["size"]["source_bytes"]
+    assert any(str(m).startswith("Predicted file size") and "smaller than the base's" in str(m) for m in messages)
