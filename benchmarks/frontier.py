@@ -120,7 +120,7 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
     persona = persona_from_text(f"Name: {character['name']}\n{character['description']}")
     persona_seqs = []
     kinds = args.imatrix + args.pruned_imatrix + [f.split(":")[1] for f in args.files or []]
-    if "persona" in kinds or any(args.sparsities):
+    if any(kind.startswith("persona") for kind in kinds) or any(args.sparsities):
         examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
                                               lambda m: print(f"  {m}", file=sys.stderr))
         persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
@@ -141,7 +141,9 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
             model = base.model if sparsity == 0 else prune_for("persona", base.model, persona_seqs, generic, recipe,
                                                                 sparsity, 0.0)
             export_gguf(model, base.family, base.tokenizer_spec, f32, "F32")
-            calibration = {"generic": generic, "persona": [ids for ids, _ in persona_seqs]}
+            persona_ids = [ids for ids, _ in persona_seqs]
+            # persona+generic (an experiment, not a build option): does general text in the matrix keep knowledge?
+            calibration = {"generic": generic, "persona": persona_ids, "persona+generic": persona_ids + generic}
             for kind, path in imatrix_files.items():
                 write_imatrix_gguf(collect_imatrix(model, base.family, calibration[kind]), path, [kind])
             del model

@@ -60,10 +60,10 @@ def build(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="A larger GGUF that writes the in-voice calibration answers (default: the base model)."),
     ffn_sparsity: Optional[float] = typer.Option(None, "--ffn-sparsity", help="Fraction of FFN channels removed in each layer, in [0, 1)."),
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M, IQ2_XXS ..."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="auto (default: the most faithful measured type smaller than the base's weights), F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M, IQ2_XXS ..."),
     imatrix: Optional[str] = typer.Option(None, "--imatrix", help="Importance matrix for the quantizer: none, persona (the character's calibration answers) or generic."),
     embedding_quant: Optional[str] = typer.Option(None, "--embedding-quant", help="Type of the token embedding (and of the output matrix where tied): Q8_0, Q5_0, IQ4_NL, Q4_0 ...; default: the quant mix's own."),
-    target_size: Optional[float] = typer.Option(None, "--target-size", metavar="MIB", help="Largest file size in MiB: FFN sparsity, quant and imatrix are chosen for the lowest measured KL within it."),
+    target_size: Optional[float] = typer.Option(None, "--target-size", metavar="MIB", help="Largest file size in MiB: FFN sparsity, quant, imatrix and embedding type are chosen for the lowest measured KL within it."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
     bake: Optional[bool] = typer.Option(None, "--bake/--no-bake", help="Train the character into the weights, so no persona prompt is prefilled per conversation (the recipe's bake knob picks the mode)."),
@@ -83,6 +83,8 @@ def build(
 
         ppgguf build mirela.txt --quant Q4_K_M --imatrix persona   # importance-weighted rounding
 
+        ppgguf build mirela.txt --quant IQ4_NL --embedding-quant Q5_0   # a 5-bit embedding, not Q8_0
+
         ppgguf build mirela.txt --target-size 70   # the most faithful file of at most 70 MiB
 
         ppgguf build guard.txt smith.png innkeeper.json   # one base model load for all three
@@ -96,7 +98,8 @@ def build(
 
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
-        "quant": quant, "imatrix": imatrix, "embedding_quant": embedding_quant, "seed": seed, "uniform": False if per_layer else None,
+        "quant": quant, "imatrix": imatrix, "embedding_quant": embedding_quant, "seed": seed,
+        "uniform": False if per_layer else None,
         "teacher": str(teacher) if teacher else None, "heal": heal, "target_size_mib": target_size,
         "bake": None if bake is None else (BAKE_FLAG_MODE if bake else "off"),
     }
@@ -135,7 +138,9 @@ def _build_with_status(run_build, options):
 def _print_build_summary(result) -> None:
     r = result.report
     params, val = r["parameters"], r["validation"]
-    console.print(f"[bold green]built[/] {escape(str(result.path))}  ({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}, {r['architecture']})")
+    embedding = f", token embedding {r['recipe']['embedding_quant']}" if r["recipe"].get("embedding_quant") else ""
+    console.print(f"[bold green]built[/] {escape(str(result.path))}  "
+                  f"({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}{embedding}, {r['architecture']})")
     console.print(f"parameters {params['dense']:,} -> {params['pruned']:,} ({params['kept_fraction']:.1%} kept)")
     console.print(f"llama.cpp vs PyTorch: top-1 {val['top1']:.1%}, mean KL {val['kl_mean']:.4f} over {val['positions']} positions")
     if r["bake"]["mode"] != "off":

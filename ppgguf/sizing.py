@@ -162,22 +162,21 @@ class Candidate:
 # What benchmarks/frontier.py measured (mean KL to the dense F16 model on held-out questions); a
 # choice takes the lowest KL whose file fits, each size predicted for the build's own base model.
 # Only configurations on the measured frontier are listed (a dominated one would never be chosen there).
-MEASURED_ON = ("SmolLM2-135M-Instruct, Jack Torrance, 40 held-out questions "
-               "(benchmarks/results/frontier-jack-torrance-40-questions.json)")
+MEASURED_ON = ("SmolLM2-135M-Instruct, five RoleBench characters, 40 held-out questions each "
+               "(benchmarks/results/frontier-5-characters-40-questions.json); the pruned row on Jack Torrance "
+               "alone (frontier-jack-torrance-40-questions.json)")
 CANDIDATES = (
     Candidate(0.0, "F16", "none", "", 0.0),                  # 258.3 MiB
-    Candidate(0.0, "Q8_0", "none", "", 0.0040),              # 138.1 MiB
-    Candidate(0.0, "Q4_K_M", "persona", "", 0.0392),         # 100.6 MiB
-    Candidate(0.0, "Q5_0", "persona", "", 0.0589),           # 100.3 MiB
-    Candidate(0.0, "Q4_K_M", "persona", "Q5_0", 0.0549),     # 90.4 MiB
-    Candidate(0.0, "Q4_K_M", "persona", "IQ4_NL", 0.0828),   # 87.1 MiB
-    Candidate(0.0, "IQ4_XS", "persona", "", 0.0994),         # 86.7 MiB
-    Candidate(0.0, "IQ4_NL", "persona", "Q5_0", 0.1094),     # 77.3 MiB
-    Candidate(0.0, "IQ4_NL", "persona", "IQ4_NL", 0.1413),   # 74.0 MiB
-    Candidate(0.0, "IQ3_S", "persona", "IQ4_NL", 0.2037),    # 70.6 MiB
-    Candidate(0.0, "IQ3_XXS", "persona", "IQ4_NL", 0.2568),  # 69.4 MiB
-    Candidate(0.0, "IQ2_M", "persona", "IQ4_NL", 0.3680),    # 68.1 MiB
-    Candidate(0.5, "Q4_K_M", "persona", "", 0.9553),         # 74.5 MiB
+    Candidate(0.0, "Q8_0", "none", "", 0.0038),              # 138.1 MiB
+    Candidate(0.0, "Q4_K_M", "persona", "", 0.0361),         # 100.6 MiB
+    Candidate(0.0, "Q4_K_M", "persona", "Q5_0", 0.0507),     # 90.4 MiB
+    Candidate(0.0, "Q4_K_M", "persona", "IQ4_NL", 0.0790),   # 87.1 MiB
+    Candidate(0.0, "IQ4_XS", "persona", "", 0.0959),         # 86.7 MiB
+    Candidate(0.0, "IQ4_NL", "persona", "Q5_0", 0.1042),     # 77.3 MiB
+    Candidate(0.0, "IQ4_NL", "persona", "IQ4_NL", 0.1339),   # 74.0 MiB
+    Candidate(0.0, "IQ3_S", "persona", "IQ4_NL", 0.1861),    # 70.6 MiB
+    Candidate(0.0, "IQ3_XXS", "persona", "IQ4_NL", 0.2390),  # 69.4 MiB
+    Candidate(0.0, "IQ2_M", "persona", "IQ4_NL", 0.3447),    # 68.1 MiB
     Candidate(0.5, "IQ4_NL", "persona", "", 0.9994),         # 66.1 MiB
 )
 
