@@ -151,33 +151,31 @@ def test_a_target_with_the_knobs_it_chooses_is_refused(tiny_llama, tmp_path):
         with_overrides(load_recipe(None), {"target_size_mib": -1.0})
 
 
-def test_a_build_states_its_size_before_the_long_stages_and_meets_it(tiny_llama, tmp_path):
+def _tiny_build(tiny_llama, tmp_path, quant: str) -> tuple[dict, list[str]]:
+    """A build of the tiny recipe at `quant`: its report and progress messages."""
     from test_build import TINY_RECIPE
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(TINY_RECIPE, encoding="utf-8")
-    messages = []
+    messages: list[str] = []
     result = build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe), device="cpu",
-                                overrides={"base": str(tiny_llama.dir), "quant": "Q4_K_M"}), progress=messages.append)
-    predicted = [i for i, m in enumerate(messages) if str(m).startswith("Predicted file size")]
-    calibrating = [i for i, m in enumerate(messages) if "calibration" in str(m)]
+                                overrides={"base": str(tiny_llama.dir), "quant": quant}), progress=messages.append)
+    return json.loads(result.report_path.read_text(encoding="utf-8")), [str(m) for m in messages]
+
+
+def test_a_build_states_its_size_before_the_long_stages_and_meets_it(tiny_llama, tmp_path):
+    report, messages = _tiny_build(tiny_llama, tmp_path, "Q4_K_M")
+    predicted = [i for i, m in enumerate(messages) if m.startswith("Predicted file size")]
+    calibrating = [i for i, m in enumerate(messages) if "calibration" in m]
     assert predicted and calibrating and predicted[0] < calibrating[0]
-    report = json.loads(result.report_path.read_text(encoding="utf-8"))
     assert report["size"]["predicted_bytes"] == report["file_bytes"]
 
 
 def test_a_default_build_chooses_its_types_and_writes_a_file_smaller_than_the_base(tiny_llama, tmp_path):
-    from test_build import TINY_RECIPE
-
     from ppgguf.memory import model_shape
 
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(TINY_RECIPE, encoding="utf-8")
-    messages = []
-    result = build(BuildOptions(character=CHARACTER, out=tmp_path / "m.gguf", recipe=str(recipe), device="cpu",
-                                overrides={"base": str(tiny_llama.dir), "quant": "auto"}), progress=messages.append)
-    report = json.loads(result.report_path.read_text(encoding="utf-8"))
+    report, messages = _tiny_build(tiny_llama, tmp_path, "auto")
     source = model_shape(tiny_llama.dir).source_bytes  # F32 safetensors: F16, the lowest measured KL, fits
     assert report["recipe"]["quant"] == "F16" and report["size"]["chosen"].startswith("FFN sparsity 0, F16")
     assert report["size"]["predicted_bytes"] == report["file_bytes"] < source == report["size"]["source_bytes"]
-    assert any(str(m).startswith("Predicted file size") and "smaller than the base's" in str(m) for m in messages)
+    assert any(m.startswith("Predicted file size") and "smaller than the base's" in m for m in messages)
