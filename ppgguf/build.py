@@ -200,8 +200,7 @@ def _size_message(recipe: Recipe, size: dict[str, Any]) -> str:
     if "target_mib" in size:
         rule = f" (target {size['target_mib']:g} MiB)"
     elif "source_bytes" in size:
-        relation = "smaller than" if size["predicted_bytes"] < size["source_bytes"] else "nothing is smaller than"
-        rule = f" ({relation} the base's {size['source_bytes'] / 2**20:.1f} MiB)"
+        rule = f" ({size['predicted_bytes'] / size['source_bytes']:.0%} of the base's {size['source_bytes'] / 2**20:.1f} MiB)"
     else:
         rule = ""
     return f"Predicted file size: {size['predicted_bytes'] / 2**20:.1f} MiB{rule}: {chosen}"

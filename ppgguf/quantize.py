@@ -24,6 +24,7 @@ import gguf
 import numpy as np
 
 from .errors import UserError
+from .gguf_file import read_header
 from .llama_io import captured_stderr, llama_log
 
 if TYPE_CHECKING:
@@ -74,11 +75,25 @@ QUANT_TYPES: dict[str, QuantType] = {
 # Types llama.cpp rounds the same with or without an importance matrix (no weighted search).
 IMATRIX_BLIND = {"F32", "F16", "BF16", "Q8_0"}
 
-# Types the token embedding can be given instead of the mix's own choice (llama-quantize
-# --token-embedding-type). Where the output matrix is the embedding (tied, SmolLM2) this is the
-# output's type too: the mixes keep it at 6-8 bits (Q8_0 on SmolLM2: 30 of its 87 MiB at IQ4_NL).
-EMBEDDING_TYPES = {name: T[name] for name in ("F16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "IQ4_NL", "Q4_0",
-                                              "Q3_K", "Q2_K")}
+# Types the token embedding and output matrices can be given instead of the mix's own choice
+# (llama-quantize --token-embedding-type and --output-tensor-type; on SmolLM2 they are one tied
+# tensor): the mixes keep them at 6-8 bits (Q8_0 on SmolLM2: 30 of its 87 MiB at IQ4_NL).
+EMBEDDING_TYPES = {name: T[name] for name in ("F16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1",
+                                              "IQ4_NL", "Q4_0", "Q3_K", "Q2_K")}
+
+
+def source_quant(path: Path) -> str | None:
+    """The type whose mix the GGUF at `path` was made with (its general.file_type), where ppgguf makes it
+    too; None for a checkpoint directory or a file that does not say.
+
+    Every base reachable here is a 4-bit GGUF, and requantizing one with its own mix comes close to a
+    round trip (llama.cpp gives every tensor the type it had; a Q4_1 block whose values span its 16
+    levels comes back bit for bit), where any other type rounds the weights again."""
+    if path.is_dir():
+        return None
+    file_type = read_header(path).get(gguf.Keys.General.FILE_TYPE)
+    return next((name for name, quant in QUANT_TYPES.items()
+                 if file_type == gguf.LlamaFileType[quant.ftype.removeprefix("LLAMA_FTYPE_")]), None)
 
 
 def uses_imatrix(quant: str, kind: str, embedding_quant: str = "") -> bool:
@@ -88,7 +103,7 @@ def uses_imatrix(quant: str, kind: str, embedding_quant: str = "") -> bool:
 
 
 # The default quant: the type, importance matrix and embedding type with the lowest measured KL
-# whose file is smaller than the base model's own weights (ppgguf.sizing chooses it per base).
+# whose file is at least 5% smaller than the base model's own weights (ppgguf.sizing chooses it per base).
 AUTO = "auto"
 
 
@@ -184,13 +199,16 @@ def quantize(
 
 
 def quantize_params(quant: str, embedding_quant: str = "", width: int | None = None):
-    """llama.cpp's quantize parameters for the type `quant`, the token embedding at `embedding_quant`."""
+    """llama.cpp's quantize parameters for the type `quant`, the token embedding and output matrices at `embedding_quant`."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant].ftype)
     if embedding_quant:
-        params.token_embedding_type = int(EMBEDDING_TYPES[check_embedding_type(embedding_quant, width)])
+        # The output matrix too: where it is the embedding (tied) they are one tensor, and where it is
+        # not, the mixes keep it at 6-8 bits just the same (Q8_0, 139 of Qwen2.5-0.5B's 469 MiB).
+        params.token_embedding_type = params.output_tensor_type = int(
+            EMBEDDING_TYPES[check_embedding_type(embedding_quant, width)])
     return params
 
 
@@ -209,7 +227,8 @@ def type_report(path: Path, quant: str, embedding_quant: str = "") -> dict:
     fallbacks = []
     for tensor in reader.tensors:
         counts[tensor.tensor_type.name] += 1
-        expected = ({EMBEDDING_TYPES[embedding_quant.upper()]} if embedding_quant and tensor.name == "token_embd.weight"
+        expected = ({EMBEDDING_TYPES[embedding_quant.upper()]}
+                    if embedding_quant and tensor.name in ("token_embd.weight", "output.weight")
                     else QUANT_TYPES[quant].types)
         if len(tensor.shape) >= 2 and tensor.tensor_type not in expected:
             fallbacks.append({"tensor": tensor.name, "type": tensor.tensor_type.name, "row": int(tensor.shape[0])})

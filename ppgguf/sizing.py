@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dataclasses
 import re
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from .export import export_gguf, gguf_metadata
 from .llama_io import captured_stderr, llama_log
 from .memory import model_shape
 from .plan import Importance, make_plan
-from .quantize import AUTO, ImatrixArray, check_quant_type, quantize_params, uses_imatrix
+from .quantize import AUTO, ImatrixArray, check_quant_type, quantize_params, source_quant, uses_imatrix
 from .recipe import Recipe, with_overrides
 from .surgery import apply_plan
 
@@ -140,13 +141,27 @@ def predict_build_bytes(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, pe
                                 uses_imatrix(export.quant, export.imatrix, export.embedding_quant), export.embedding_quant)
 
 
+# A candidate's quant that stands for the base's own layer type (quantize.source_quant).
+SOURCE = "source"
+# quant "auto" makes a file genuinely smaller than the base's weights: at most this share of them (the
+# base's own type with the mix's embedding comes within bytes of the source, with KL 0.003 on SmolLM2).
+AUTO_SHARE = 0.95
+
+
 @dataclass(frozen=True)
 class Candidate:
     ffn_sparsity: float
-    quant: str
+    quant: str  # a llama.cpp type, or SOURCE
     imatrix: str
     embedding_quant: str  # the token embedding's type; "": the mix's own
     kl: float  # mean KL measured by benchmarks/frontier.py (see MEASURED_ON)
+    same_as_source: bool = False  # quant was SOURCE, resolved for this base
+
+    def for_base(self, own_type: str | None) -> Candidate | None:
+        """This candidate for a base whose layers `own_type` reproduces; None where it has no meaning there."""
+        if self.quant != SOURCE:
+            return self
+        return dataclasses.replace(self, quant=own_type, same_as_source=True) if own_type else None
 
     def type_overrides(self) -> dict:
         return {"quant": self.quant, "imatrix": self.imatrix, "embedding_quant": self.embedding_quant}
@@ -156,19 +171,26 @@ class Candidate:
 
     def describe(self) -> str:
         embedding = f", token embedding {self.embedding_quant}" if self.embedding_quant else ""
-        return f"FFN sparsity {self.ffn_sparsity:g}, {self.quant}{embedding}, imatrix {self.imatrix}"
+        own = " (the base's own type)" if self.same_as_source else ""
+        return f"FFN sparsity {self.ffn_sparsity:g}, {self.quant}{own}{embedding}, imatrix {self.imatrix}"
 
 
 # What benchmarks/frontier.py measured (mean KL to the dense F16 model on held-out questions); a
 # choice takes the lowest KL whose file fits, each size predicted for the build's own base model.
-# Only configurations on the measured frontier are listed (a dominated one would never be chosen there).
-MEASURED_ON = ("SmolLM2-135M-Instruct, five RoleBench characters, 40 held-out questions each "
-               "(benchmarks/results/frontier-5-characters-40-questions.json); the pruned row on Jack Torrance "
-               "alone (frontier-jack-torrance-40-questions.json)")
+# Listed: the frontier of the files made in the base's own layer type (SOURCE: SmolLM2's Q4_1, whose
+# requantization is nearly a round trip), and the frontier of the others, for bases with no own type
+# (a checkpoint directory) and for sizes the own type does not reach.
+MEASURED_ON = ("SmolLM2-135M-Instruct (a Q4_1 GGUF), five RoleBench characters, 40 held-out questions each "
+               "(benchmarks/results/frontier-5-characters-40-questions.json, frontier-source-type-5-characters-"
+               "40-questions.json); the pruned row on Jack Torrance alone (frontier-jack-torrance-40-questions.json)")
 CANDIDATES = (
     Candidate(0.0, "F16", "none", "", 0.0),                  # 258.3 MiB
+    Candidate(0.0, SOURCE, "none", "", 0.0027),              # 93.8 MiB (Q4_1), the source's own size
     Candidate(0.0, "Q8_0", "none", "", 0.0038),              # 138.1 MiB
+    Candidate(0.0, SOURCE, "persona", "Q5_1", 0.0092),       # 85.4 MiB
+    Candidate(0.0, SOURCE, "persona", "Q5_0", 0.0163),       # 83.7 MiB
     Candidate(0.0, "Q4_K_M", "persona", "", 0.0361),         # 100.6 MiB
+    Candidate(0.0, SOURCE, "persona", "IQ4_NL", 0.0452),     # 80.3 MiB
     Candidate(0.0, "Q4_K_M", "persona", "Q5_0", 0.0507),     # 90.4 MiB
     Candidate(0.0, "Q4_K_M", "persona", "IQ4_NL", 0.0790),   # 87.1 MiB
     Candidate(0.0, "IQ4_XS", "persona", "", 0.0959),         # 86.7 MiB
@@ -187,7 +209,8 @@ def fit_to_size(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: P
     With a size target, the candidate with the lowest measured KL whose predicted file fits is
     chosen; a target no candidate reaches is refused with the smallest size there is. With quant
     "auto", the types (quant, imatrix, embedding) of the candidate with the lowest KL whose file at the
-    recipe's own sparsity is smaller than the base's weight files, else of the smallest.
+    recipe's own sparsity is at most AUTO_SHARE of the base's weight files, else of the smallest. A SOURCE
+    candidate is the base's own layer type there, and left out where the base has none.
     Otherwise the recipe is kept.
     """
     target, auto = recipe.export.target_size_mib, recipe.export.quant == AUTO
@@ -196,13 +219,15 @@ def fit_to_size(recipe: Recipe, base: BaseModel, spec: TokenizerSpec, persona: P
         predict = lambda r: predict_build_bytes(r, base, spec, persona, Path(directory), shape_files)  # noqa: E731
         if not target and not auto:
             return recipe, {"predicted_bytes": predict(recipe)}
+        own_type = source_quant(Path(base.source))
+        candidates = [c for c in (c.for_base(own_type) for c in CANDIDATES) if c]
         if target:
-            options = [(c, with_overrides(recipe, c.overrides())) for c in CANDIDATES]
+            options = [(c, with_overrides(recipe, c.overrides())) for c in candidates]
             limit = int(target * 2**20)
         else:
-            options = [(c, with_overrides(recipe, c.type_overrides())) for c in CANDIDATES if c.ffn_sparsity == 0]
+            options = [(c, with_overrides(recipe, c.type_overrides())) for c in candidates if c.ffn_sparsity == 0]
             source_bytes = model_shape(Path(base.source)).source_bytes
-            limit = source_bytes - 1
+            limit = int(source_bytes * AUTO_SHARE)
         smallest = None
         for candidate, chosen in sorted(options, key=lambda option: option[0].kl):
             predicted = predict(chosen)

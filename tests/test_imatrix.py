@@ -214,6 +214,17 @@ def test_the_embedding_type_is_set_and_weighed_by_its_output_entry(f32_tied, tmp
     assert open_gguf(low, n_ctx=64, threads=2) is not None
 
 
+def test_an_untied_output_matrix_takes_the_embedding_type_too(tiny, tmp_path):
+    """Where the output matrix is not the embedding (Qwen2.5-0.5B), the mixes keep it at 8 bits as well."""
+    src, out = tmp_path / "m.f32.gguf", tmp_path / "m.gguf"
+    export_gguf(make_model(tiny.family, tiny.vocab_size, seed=5), tiny.base.family, tiny.base.tokenizer_spec, src, "F32")
+    report = quantize(src, out, "Q4_1", threads=2, embedding_quant="Q5_1")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert types["token_embd.weight"] == types["output.weight"] == gguf.GGMLQuantizationType.Q5_1
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_1
+    assert not report["fallbacks"]
+
+
 def test_an_embedding_type_whose_blocks_do_not_divide_the_rows_is_refused(f32_tied, tmp_path):
     src, _ = f32_tied
     width = embedding_width(src)

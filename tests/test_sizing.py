@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 import torch
 
@@ -15,9 +18,9 @@ from ppgguf.errors import UserError
 from ppgguf.export import export_gguf
 from ppgguf.imatrix import collect_imatrix
 from ppgguf.plan import Importance, make_plan
-from ppgguf.quantize import quantize
+from ppgguf.quantize import quantize, source_quant
 from ppgguf.recipe import load_recipe, with_overrides
-from ppgguf.sizing import Candidate, check_target_options, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file
+from ppgguf.sizing import SOURCE, Candidate, check_target_options, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file
 from ppgguf.surgery import apply_plan, layer_widths
 
 CHARACTER = Path(__file__).resolve().parent.parent / "examples" / "captain_mirela.txt"
@@ -114,15 +117,56 @@ def test_auto_takes_the_lowest_measured_kl_smaller_than_the_source_at_the_recipe
         auto = with_overrides(recipe, {"quant": "auto", **overrides})
         return fit_to_size(auto, tiny_llama.base, spec, persona, tmp_path)
 
-    chosen, size = fit(sizes[(0.0, "Q8_0")] + 1)
+    just_fits = math.ceil(sizes[(0.0, "Q8_0")] / sizing.AUTO_SHARE) + 1
+    chosen, size = fit(just_fits)
     assert (chosen.export.quant, chosen.export.imatrix, chosen.prune.ffn_sparsity) == ("Q8_0", "none", 0.0)
     assert size["predicted_bytes"] == sizes[(0.0, "Q8_0")] and size["measured_kl"] == 0.01
-    chosen, size = fit(sizes[(0.0, "Q8_0")])  # strictly smaller than the source
+    chosen, size = fit(sizes[(0.0, "Q8_0")] + 1)  # smaller than the source, but not by 5%
     assert (chosen.export.quant, chosen.export.imatrix) == ("Q4_0", "generic")
     chosen, size = fit(1)  # nothing is smaller: the smallest type, never a pruned candidate
     assert (chosen.export.quant, chosen.prune.ffn_sparsity) == ("Q4_0", 0.0) and size["predicted_bytes"] > 1
-    chosen, _ = fit(sizes[(0.0, "Q8_0")], ffn_sparsity=0.5)  # the types only: the recipe's sparsity stays
+    chosen, _ = fit(sizes[(0.0, "Q8_0")] + 1, ffn_sparsity=0.5)  # the types only: the recipe's sparsity stays
     assert (chosen.export.quant, chosen.prune.ffn_sparsity) == ("Q8_0", 0.5)
+
+
+def test_a_source_candidate_is_the_bases_own_type_and_is_skipped_where_there_is_none(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(sizing, "CANDIDATES", (Candidate(0.0, SOURCE, "none", "", 0.001),) + RANKED)
+    sizes, (recipe, spec, persona) = _sizes(tiny_llama, tmp_path)
+    monkeypatch.setattr(sizing, "model_shape", lambda path: SimpleNamespace(source_bytes=2 * sizes[(0.0, "Q8_0")]))
+    own = {}
+    monkeypatch.setattr(sizing, "source_quant", lambda path: own["type"])
+
+    def fit():
+        return fit_to_size(with_overrides(recipe, {"quant": "auto"}), tiny_llama.base, spec, persona, tmp_path)
+
+    own["type"] = "Q4_0"
+    chosen, size = fit()
+    assert (chosen.export.quant, chosen.export.imatrix) == ("Q4_0", "none") and size["measured_kl"] == 0.001
+    assert "Q4_0 (the base's own type)" in size["chosen"]
+    own["type"] = None  # a checkpoint directory: nothing to round-trip, the next candidate
+    chosen, size = fit()
+    assert chosen.export.quant == "Q8_0" and size["measured_kl"] == 0.01
+
+
+def test_the_source_type_is_the_type_of_most_layer_weights_and_requantizing_to_it_round_trips(tiny_llama, tmp_path):
+    """A Q4_1 base read back (dequantized) and quantized to Q4_1 again keeps its layer matrices' blocks."""
+    from ppgguf.base import load_base
+
+    assert source_quant(tiny_llama.dir) is None
+    f32, source = tmp_path / "m.f32.gguf", tmp_path / "m.q4_1.gguf"
+    export_gguf(tiny_llama.fresh(), tiny_llama.base.family, tiny_llama.base.tokenizer_spec, f32, "F32")
+    quantize(f32, source, "Q4_1")
+    assert source_quant(source) == "Q4_1"
+    reread, again = tmp_path / "again.f32.gguf", tmp_path / "again.q4_1.gguf"
+    base = load_base(str(source), tmp_path)
+    export_gguf(base.model, base.family, base.tokenizer_spec, reread, "F32")
+    quantize(reread, again, "Q4_1", allow_requantize=True)
+    block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_1][1]
+    first, second = ({t.name: t.data.reshape(-1, block_bytes) for t in gguf.GGUFReader(path).tensors
+                      if t.name.startswith("blk.") and len(t.shape) >= 2} for path in (source, again))
+    blocks_kept = np.mean(np.concatenate([np.all(first[name] == second[name], axis=1) for name in first]))
+    assert blocks_kept > 0.9
+    assert source_quant(again) == "Q4_1"
 
 
 def test_auto_refuses_the_knobs_it_chooses_unless_a_type_is_given(tiny_llama, tmp_path):
@@ -178,4 +222,4 @@ def test_a_default_build_chooses_its_types_and_writes_a_file_smaller_than_the_ba
     source = model_shape(tiny_llama.dir).source_bytes  # F32 safetensors: F16, the lowest measured KL, fits
     assert report["recipe"]["quant"] == "F16" and report["size"]["chosen"].startswith("FFN sparsity 0, F16")
     assert report["size"]["predicted_bytes"] == report["file_bytes"] < source == report["size"]["source_bytes"]
-    assert any(m.startswith("Predicted file size") and "smaller than the base's" in m for m in messages)
+    assert any(m.startswith("Predicted file size") and "% of the base's" in m for m in messages)
