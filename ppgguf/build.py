@@ -195,12 +195,13 @@ def exported_tokenizer_spec(base: BaseModel, tokenizer: ChatTokenizer, system_pr
 
 def _size_message(recipe: Recipe, size: dict[str, Any]) -> str:
     export = recipe.export
-    chosen = size.get("chosen") or export.quant + (f", token embedding {export.embedding_quant}"
+    chosen = size.get("chosen") or export.quant + (f", embedding and output {export.embedding_quant}"
                                                    if export.embedding_quant else "")
     if "target_mib" in size:
         rule = f" (target {size['target_mib']:g} MiB)"
     elif "source_bytes" in size:
-        rule = f" ({size['predicted_bytes'] / size['source_bytes']:.0%} of the base's {size['source_bytes'] / 2**20:.1f} MiB)"
+        share = size["predicted_bytes"] / size["source_bytes"]
+        rule = f" ({share:.0%} of the base's {size['source_bytes'] / 2**20:.1f} MiB)"
     else:
         rule = ""
     return f"Predicted file size: {size['predicted_bytes'] / 2**20:.1f} MiB{rule}: {chosen}"

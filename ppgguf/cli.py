@@ -62,7 +62,7 @@ def build(
     head_sparsity: Optional[float] = typer.Option(None, "--head-sparsity", help="Fraction of attention heads (whole KV groups) removed, in [0, 1)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="auto (default: the most faithful measured type at least 5% smaller than the base's weights), F32, F16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M, Q4_1, Q4_0, IQ4_NL, Q3_K_M, IQ2_XXS ..."),
     imatrix: Optional[str] = typer.Option(None, "--imatrix", help="Importance matrix for the quantizer: none, persona (the character's calibration answers) or generic."),
-    embedding_quant: Optional[str] = typer.Option(None, "--embedding-quant", help="Type of the token embedding (and of the output matrix where tied): Q8_0, Q5_1, Q5_0, IQ4_NL, Q4_0 ...; default: the quant mix's own."),
+    embedding_quant: Optional[str] = typer.Option(None, "--embedding-quant", help="Type of the token embedding and output matrices (one tensor where tied): Q8_0, Q5_1, Q5_0, IQ4_NL, Q4_0 ...; default: the quant mix's own."),
     target_size: Optional[float] = typer.Option(None, "--target-size", metavar="MIB", help="Largest file size in MiB: FFN sparsity, quant, imatrix and embedding type are chosen for the lowest measured KL within it."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
@@ -138,7 +138,7 @@ def _build_with_status(run_build, options):
 def _print_build_summary(result) -> None:
     r = result.report
     params, val = r["parameters"], r["validation"]
-    embedding = f", token embedding {r['recipe']['embedding_quant']}" if r["recipe"].get("embedding_quant") else ""
+    embedding = f", embedding and output {r['recipe']['embedding_quant']}" if r["recipe"].get("embedding_quant") else ""
     console.print(f"[bold green]built[/] {escape(str(result.path))}  "
                   f"({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}{embedding}, {r['architecture']})")
     console.print(f"parameters {params['dense']:,} -> {params['pruned']:,} ({params['kept_fraction']:.1%} kept)")

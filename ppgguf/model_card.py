@@ -83,7 +83,7 @@ def _at_a_glance(report: dict, out_name: str) -> list[str]:
         lines.append(f"| file size | {_mib(report['file_bytes'])} ({report['file_bytes']:,} bytes) |")
     if quant:
         types = ", ".join(f"{k} x{v}" for k, v in quant.get("tensor_types", {}).items())
-        embedding = f", token embedding {quant['embedding_quant']}" if quant.get("embedding_quant") else ""
+        embedding = f", embedding and output {quant['embedding_quant']}" if quant.get("embedding_quant") else ""
         lines.append(f"| quantization | {quant.get('quant', recipe.get('quant', '?'))}{embedding} (tensor types: {types}) |")
     if widths:
         ffn = sorted({w["n_ff"] for w in widths})

@@ -170,7 +170,7 @@ class Candidate:
         return {"ffn_sparsity": self.ffn_sparsity, "head_sparsity": 0.0, "uniform": True, **self.type_overrides()}
 
     def describe(self) -> str:
-        embedding = f", token embedding {self.embedding_quant}" if self.embedding_quant else ""
+        embedding = f", embedding and output {self.embedding_quant}" if self.embedding_quant else ""
         own = " (the base's own type)" if self.same_as_source else ""
         return f"FFN sparsity {self.ffn_sparsity:g}, {self.quant}{own}{embedding}, imatrix {self.imatrix}"
 
