@@ -10,7 +10,7 @@ before loading anything. Run it with nothing else on the machine: two jobs on 2 
 
 `--predict` needs no weights: it prints the predicted peak of the default recipe and of a pruning
 build (FFN 0.5, healed; then with top-64 targets; then also without training the embedding and
-output matrices) for Llama-3.2-3B, Llama-3.1-8B and the Qwen2.5 sizes, from their config.json
+output matrices; then top-64 with rank-16 LoRA adapters instead of the weights) for Llama-3.2-3B, Llama-3.1-8B and the Qwen2.5 sizes, from their config.json
 values, with the source taken as a Q4_K_M GGUF (4.85 bits a weight).
 """
 
@@ -59,11 +59,14 @@ def predict_table() -> Table:
     pruning = with_overrides(default, {"ffn_sparsity": 0.5})
     top_k = with_overrides(pruning, {"teacher_top_k": 64})
     layers_only = with_overrides(top_k, {"train_embeddings": False})
+    adapters = with_overrides(top_k, {"adapter_rank": 16})
+    recipes = (default, pruning, top_k, layers_only, adapters)
     table = Table("model", "parameters", "default GiB", "FFN 0.5 healed GiB", "+ top-64 targets GiB",
-                  "+ embeddings not trained GiB", title="Predicted peak resident memory of ppgguf build (ppgguf.memory)")
+                  "+ embeddings not trained GiB", "top-64 + rank-16 adapters GiB",
+                  title="Predicted peak resident memory of ppgguf build (ppgguf.memory)")
     for name in PUBLISHED:
         shape = published_shape(name)
-        peaks = [predicted_peak(shape, recipe)["total"] / GiB for recipe in (default, pruning, top_k, layers_only)]
+        peaks = [predicted_peak(shape, recipe)["total"] / GiB for recipe in recipes]
         table.add_row(name, f"{shape.parameters / 1e9:.2f}B", *(f"{p:.1f}" for p in peaks))
     return table
 

@@ -57,7 +57,7 @@ from .tokenizer import ChatTokenizer
 from .validate import greedy_repetition, looping_warning, torch_logits, validate_gguf
 
 # Knobs that decide the trained weights, not the plan.
-HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "train_embeddings")
+HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "bake_trains", "train_embeddings", "adapter_rank")
 
 
 @dataclass

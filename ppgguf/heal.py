@@ -4,9 +4,15 @@ After surgery the model is smaller but every remaining weight is still the dense
 trains all of them for a few steps on the persona calibration set, with the same loss as the mask
 learning: KL from the dense model's next-token distributions on the in-voice answers, computed
 before surgery. The paper reports large gains from recovery finetuning at 50% sparsity.
+
+With an adapter rank, LoRA adapters (peft) on every attention and FFN projection are trained instead
+and merged into the weights at the end: AdamW's state is kept for the adapters only, which is what
+lets a base of billions of parameters heal within memory.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -14,22 +20,42 @@ from .answer_batches import Sequence, answer_logits, deterministic_kernels, shar
 from .distill import Target, kl_loss
 
 
+# The projections adapters go on (the names of Llama, Qwen2 and Qwen3 alike in transformers).
+ADAPTED_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 def heal(
     model, sequences: list[Sequence], teacher: list[Target], steps: int, batch_size: int,
-    lr: float, seed: int, device: str, on_step=None, train_embeddings: bool = True,
+    lr: float, seed: int, device: str, on_step=None, train_embeddings: bool = True, adapter_rank: int = 0,
+    vectors_only: bool = False,
 ) -> list[float]:
     """Finetune `model` in place; returns the loss per step.
 
     Without `train_embeddings` the token embedding and output matrices stay as they are: no gradient
-    or AdamW state for them (12 bytes a parameter), gradients still flow through them.
+    or AdamW state for them (12 bytes a parameter), gradients still flow through them. With
+    `adapter_rank` only adapters of that rank train (the embeddings do not), merged into `model` at the end.
+    With `vectors_only` only the 1-D parameters train (the norm scales, Qwen2's attention biases): a GGUF
+    keeps them in F32, so every matrix stays what it was and quantizes back onto the same grid.
     """
     torch.manual_seed(seed)
     model.to(device).train()
-    frozen = set() if train_embeddings else {id(model.get_input_embeddings().weight),
-                                             id(model.get_output_embeddings().weight)}
-    params = [p for p in model.parameters() if id(p) not in frozen]
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in frozen)
+    adapted = None
+    if adapter_rank:
+        from peft import LoraConfig, get_peft_model  # imported here: it takes seconds, and only this needs it
+
+        # alpha = rank: the update is B @ A unscaled, so one rate suits every rank.
+        config = LoraConfig(r=adapter_rank, lora_alpha=adapter_rank, lora_dropout=0.0, target_modules=ADAPTED_PROJECTIONS)
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated in favour of another
+            warnings.simplefilter("ignore", FutureWarning)
+            adapted = get_peft_model(model, config)
+        params = [p for p in model.parameters() if p.requires_grad]  # peft froze everything else
+    else:
+        frozen = set() if train_embeddings else {id(model.get_input_embeddings().weight),
+                                                 id(model.get_output_embeddings().weight)}
+        params = [p for p in model.parameters() if id(p) not in frozen and (p.dim() == 1 or not vectors_only)]
+        trained = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trained)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history: list[float] = []
     prefix_length = shared_prefix_length(sequences)
@@ -48,6 +74,8 @@ def heal(
                 if on_step is not None:
                     on_step(step + 1, steps, history[-1])
         finally:
+            if adapted is not None:
+                adapted.merge_and_unload()  # the adapters into the projections' weights, in `model` itself
             model.eval().to("cpu")
             for p in model.parameters():
                 p.requires_grad_(False)

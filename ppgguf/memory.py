@@ -126,10 +126,25 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
         answers = calibration.selected_questions * (1.25 if train.bake != "off" else 1)  # follow-ups when baking
         tokens = int(answers * calibration.answer_tokens)
         target_row = 6 * train.teacher_top_k + 4 if train.teacher_top_k else shape.vocab * 2
-        trained = shape.parameters - (0 if train.train_embeddings else shape.embedding_parameters)
-        stages["train"] = (base + tokens * target_row + ADAMW_EXTRA_BYTES * trained
+        if train.bake != "off" and train.bake_trains == "vectors":
+            extra = 0  # the norm scales only: a few thousand parameters (and baking replaces healing)
+        elif train.adapter_rank:  # the adapters' own weights too (4 bytes); the model's weights get no gradient
+            trained = adapter_parameters(shape, train.adapter_rank)
+            extra = (ADAMW_EXTRA_BYTES + 4) * trained
+        else:
+            frozen = 0 if train.train_embeddings else shape.embedding_parameters
+            extra = ADAMW_EXTRA_BYTES * (shape.parameters - frozen)
+        stages["train"] = (base + tokens * target_row + extra
                            + training_activation_bytes(shape, train.batch_size, calibration.answer_tokens))
     return {**stages, "total": max(stages.values())}
+
+
+def adapter_parameters(shape: ModelShape, rank: int) -> int:
+    """Parameters of rank-`rank` adapters on every projection (ppgguf.heal): rank x (inputs + outputs) of
+    each of q, k, v, o, gate, up and down, at the dense widths (an upper bound for a pruned model)."""
+    hidden, kv, ffn = shape.hidden, shape.kv_width, shape.ffn
+    per_layer = 2 * hidden + 2 * (hidden + kv) + 2 * hidden + 3 * (hidden + ffn)
+    return rank * per_layer * shape.layers
 
 
 def quantized_bytes(shape: ModelShape, recipe: Recipe) -> int:

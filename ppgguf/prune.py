@@ -148,10 +148,12 @@ def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[
     train = recipe.train
     what = "Baking the persona into the weights" if stage == "bake" else "Healing the kept weights"
     steps, lr = (train.bake_steps, train.bake_lr) if stage == "bake" else (train.heal_steps, train.heal_lr)
+    vectors_only = stage == "bake" and train.bake_trains == "vectors"  # no adapters then: nothing else trains
     history = clock.run(
         stage, f"{what} ({steps} steps)",
         lambda: heal(model, sequences, teacher, steps, train.batch_size, lr, recipe.prune.seed, device,
-                     on_step=step_reporter(what.split()[0], clock.progress), train_embeddings=train.train_embeddings),
+                     on_step=step_reporter(what.split()[0], clock.progress), train_embeddings=train.train_embeddings,
+                     adapter_rank=0 if vectors_only else train.adapter_rank, vectors_only=vectors_only),
     )
     if healed:
         tmp = healed.with_name(healed.name + ".partial")

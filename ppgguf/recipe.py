@@ -22,6 +22,7 @@ from .quantize import AUTO, check_embedding_type, check_imatrix_needed, check_qu
 LOSSES = ("kl", "ce")
 IMATRIX_KINDS = ("none", "persona", "generic")  # which calibration text the importance matrix is taken on
 BAKE_MODES = ("off", "name", "mix")  # the persona in the weights: not, with the one-liner, or a mix of prompts (ppgguf.bake)
+BAKE_TRAINS = ("vectors", "weights")  # what baking trains (ppgguf.heal)
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,28 @@ class TrainSection:
     heal_steps: int
     heal_lr: float
     teacher_top_k: int  # 0: the dense model's whole distributions as targets; k: their top k + the rest (ppgguf.distill)
-    # The persona in the weights (`--bake`, ppgguf.bake), pruned or not: its own steps and rate, as it moves
-    # every weight of a model that may have lost nothing (benchmarks/fidelity.py --bake).
+    # The persona in the weights (`--bake`, ppgguf.bake), pruned or not: its own steps and rate, as it trains
+    # a model that may have lost nothing (benchmarks/fidelity.py --bake).
     bake: str
     bake_steps: int
     bake_lr: float
+    # "vectors": baking trains only the norm scales (and Qwen2's attention biases), which every GGUF keeps in
+    # F32, so the matrices stay the source's own and quantizing keeps the bake; "weights": every weight.
+    bake_trains: str
     # Healing and baking also train the token embedding and output matrices (AdamW: 16 bytes a trained
     # parameter instead of 4; they are 21% of SmolLM2-135M and 43% of Qwen2.5-0.5B); false trains the layers only.
     train_embeddings: bool
+    # 0: healing and baking train the weights themselves; r: LoRA adapters of rank r on every attention and
+    # FFN projection instead (peft), merged into the weights before export: 16 bytes a trained parameter for
+    # the adapters only, the weights stay at 4 and get no gradient.
+    adapter_rank: int
 
 
 @dataclass(frozen=True)
 class ExportSection:
     quant: str  # a llama.cpp quant type, upper case, or "auto": chosen with imatrix and embedding_quant (ppgguf.sizing)
     imatrix: str  # importance matrix for the quantizer: "none", "persona" or "generic" (ppgguf.imatrix)
-    embedding_quant: str  # the token embedding's type (and a tied output's); "": the quant mix's own choice
+    embedding_quant: str  # the token embedding's and output matrix's type; "": the quant mix's own choice
     target_size_mib: float  # 0: build the knobs as set; else the best measured configuration within it (ppgguf.sizing)
 
 
@@ -123,6 +131,8 @@ FLAT_KEYS = {
     "bake_lr": ("train", "bake_lr"),
     "train_embeddings": ("train", "train_embeddings"),
     "embedding_quant": ("export", "embedding_quant"),
+    "adapter_rank": ("train", "adapter_rank"),
+    "bake_trains": ("train", "bake_trains"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -227,11 +237,16 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
         embedding_quant = check_embedding_type(recipe.export.embedding_quant) if recipe.export.embedding_quant else ""
         if recipe.train.bake not in BAKE_MODES:
             raise UserError(f"unknown bake mode '{recipe.train.bake}'; use one of: {', '.join(BAKE_MODES)}")
+        if recipe.train.bake_trains not in BAKE_TRAINS:
+            raise UserError(f"unknown bake_trains '{recipe.train.bake_trains}'; use one of: {', '.join(BAKE_TRAINS)}")
     except UserError as err:
         raise UserError(f"{where}: {err}" if where else str(err)) from None
     if recipe.train.teacher_top_k < 0:
         raise UserError(f"{where + ': ' if where else '--'}teacher_top_k must be 0 (whole distributions) or a "
                         f"number of tokens, got {recipe.train.teacher_top_k}")
+    if recipe.train.adapter_rank < 0:
+        raise UserError(f"{where + ': ' if where else '--'}adapter_rank must be 0 (train the weights) or a LoRA rank, "
+                        f"got {recipe.train.adapter_rank}")
     if recipe.export.target_size_mib < 0:
         where_key = f"{where}: target_size_mib" if where else "--target-size"
         raise UserError(f"{where_key} must be a size in MiB (0 for none), got {recipe.export.target_size_mib:g}")

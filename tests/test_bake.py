@@ -80,9 +80,27 @@ def test_baking_lowers_the_no_prompt_kl_against_the_prompted_teacher_on_held_out
     assert after < 0.7 * before, (before, after)
 
 
+def test_a_bake_of_the_vectors_alone_leaves_every_matrix_as_it_was_and_still_lowers_the_kl(tiny_llama, chat_tokenizer):
+    model = tiny_llama.fresh()
+    train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0)
+    held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0)
+    targets = answer_distributions(model, train_t, "cpu", dtype=torch.float32)
+    held_targets = answer_distributions(model, held_t, "cpu", dtype=torch.float32)
+    before_kl = _no_prompt_kl(model, held_targets, held_s)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heal(model, train_s, targets, steps=30, batch_size=4, lr=3e-2, seed=0, device="cpu", vectors_only=True)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if v.dim() > 1)  # quantized back onto the same grid
+    assert all(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("norm.weight"))
+    after_kl = _no_prompt_kl(model, held_targets, held_s)
+    assert after_kl < 0.9 * before_kl, (before_kl, after_kl)
+
+
 def test_an_unknown_bake_mode_is_refused():
     with pytest.raises(UserError, match="unknown bake mode 'always'"):
         with_overrides(load_recipe(), {"bake": "always"})
+    with pytest.raises(UserError, match="unknown bake_trains 'biases'; use one of: vectors, weights"):
+        with_overrides(load_recipe(), {"bake_trains": "biases"})
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def test_training_adds_optimizer_states_and_targets_only_when_the_build_trains(t
     assert "train" not in dense and dense["total"] == max(v for k, v in dense.items() if k != "total")
     assert pruned["train"] >= dense["load"] + 12 * shape.parameters
     assert top_k["train"] < pruned["train"]  # 6k + 4 bytes a token instead of a vocabulary row
-    assert predicted_peak(shape, with_overrides(default, {"bake": "mix"}))["train"] > pruned["train"] - 1
+    assert predicted_peak(shape, with_overrides(default, {"bake": "mix", "bake_trains": "weights"}))["train"] > pruned["train"] - 1
 
 
 def test_stage_peaks_see_what_each_stage_allocates():
@@ -55,9 +55,31 @@ def test_the_last_build_of_many_takes_the_loaded_model_itself(tiny_llama, tmp_pa
     assert not bases._loaded  # nothing kept once the last build has it
 
 
+def test_adapters_hold_optimizer_states_for_their_own_parameters_only(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    from ppgguf.heal import ADAPTED_PROJECTIONS
+    from ppgguf.memory import adapter_parameters
+
+    shape = model_shape(tiny_llama.dir)
+    adapted = get_peft_model(tiny_llama.fresh(), LoraConfig(r=4, target_modules=ADAPTED_PROJECTIONS))
+    assert adapter_parameters(shape, 4) == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    pruning = with_overrides(load_recipe(None), {"ffn_sparsity": 0.5})
+    lora = with_overrides(pruning, {"adapter_rank": 4})
+    saved = predicted_peak(shape, pruning)["train"] - predicted_peak(shape, lora)["train"]
+    assert saved == 12 * shape.parameters - 16 * adapter_parameters(shape, 4) > 0
+
+
 def test_training_without_the_embeddings_saves_their_optimizer_states(tiny_llama):
     shape = model_shape(tiny_llama.dir)
     pruning = with_overrides(load_recipe(None), {"ffn_sparsity": 0.5})
     frozen = with_overrides(pruning, {"train_embeddings": False})
     assert shape.embedding_parameters == 2 * shape.vocab * shape.hidden  # untied
     assert predicted_peak(shape, pruning)["train"] - predicted_peak(shape, frozen)["train"] == 12 * shape.embedding_parameters
+
+
+def test_a_bake_of_the_vectors_holds_no_optimizer_state_for_the_weights(tiny_llama):
+    shape = model_shape(tiny_llama.dir)
+    weights = with_overrides(load_recipe(None), {"bake": "mix", "bake_trains": "weights"})
+    vectors = with_overrides(weights, {"bake_trains": "vectors"})
+    assert predicted_peak(shape, weights)["train"] - predicted_peak(shape, vectors)["train"] == 12 * shape.parameters

@@ -195,3 +195,25 @@ def test_heal_without_the_embeddings_trains_the_layers_only(tiny_llama, chat_tok
     assert torch.equal(after["lm_head.weight"], before["lm_head.weight"])
     assert not torch.equal(after["model.layers.0.mlp.down_proj.weight"], before["model.layers.0.mlp.down_proj.weight"])
     assert all(not p.requires_grad for p in model.parameters())  # left as it was found
+
+
+def test_heal_with_adapters_trains_low_rank_updates_merged_into_the_same_model(tiny_llama, chat_tokenizer):
+    from ppgguf.answer_batches import answer_distributions
+    from ppgguf.heal import heal
+
+    sequences = _persona_inputs(tiny_llama, chat_tokenizer).persona_sequences
+    teacher = answer_distributions(tiny_llama.model, sequences, "cpu")
+    model = tiny_llama.fresh()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.mul_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = heal(model, sequences, teacher, steps=4, batch_size=2, lr=1e-2, seed=0, device="cpu", adapter_rank=2)
+    after = model.state_dict()
+    assert history[-1] < history[0]
+    assert list(after) == list(before) and type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # merged
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    for name in ("self_attn.q_proj", "mlp.down_proj"):
+        delta = after[f"model.layers.0.{name}.weight"] - before[f"model.layers.0.{name}.weight"]
+        assert delta.abs().max() > 0 and torch.linalg.matrix_rank(delta) <= 2  # a rank-2 update
+    assert all(not p.requires_grad for p in model.parameters())
