@@ -126,8 +126,8 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
         answers = calibration.selected_questions * (1.25 if train.bake != "off" else 1)  # follow-ups when baking
         tokens = int(answers * calibration.answer_tokens)
         target_row = 6 * train.teacher_top_k + 4 if train.teacher_top_k else shape.vocab * 2
-        if train.bake != "off" and train.bake_trains == "vectors":
-            extra = 0  # the norm scales only: a few thousand parameters (and baking replaces healing)
+        if train.bakes_vectors_only:
+            extra = 0  # the norm scales only: a few thousand parameters
         elif train.adapter_rank:  # the adapters' own weights too (4 bytes); the model's weights get no gradient
             trained = adapter_parameters(shape, train.adapter_rank)
             extra = (ADAMW_EXTRA_BYTES + 4) * trained

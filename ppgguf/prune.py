@@ -148,7 +148,7 @@ def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[
     train = recipe.train
     what = "Baking the persona into the weights" if stage == "bake" else "Healing the kept weights"
     steps, lr = (train.bake_steps, train.bake_lr) if stage == "bake" else (train.heal_steps, train.heal_lr)
-    vectors_only = stage == "bake" and train.bake_trains == "vectors"  # no adapters then: nothing else trains
+    vectors_only = train.bakes_vectors_only  # no adapters then: nothing else trains
     history = clock.run(
         stage, f"{what} ({steps} steps)",
         lambda: heal(model, sequences, teacher, steps, train.batch_size, lr, recipe.prune.seed, device,

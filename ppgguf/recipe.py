@@ -81,6 +81,11 @@ class TrainSection:
     # the adapters only, the weights stay at 4 and get no gradient.
     adapter_rank: int
 
+    @property
+    def bakes_vectors_only(self) -> bool:
+        """Baking (which replaces healing) trains the 1-D parameters alone: no weight or adapter trains."""
+        return self.bake != "off" and self.bake_trains == "vectors"
+
 
 @dataclass(frozen=True)
 class ExportSection:

@@ -67,12 +67,17 @@ def _no_prompt_kl(model, teacher_targets, student) -> float:
         return float(torch.stack([kl_loss(l, t) for l, t in zip(logits, teacher_targets)]).mean())
 
 
-def test_baking_lowers_the_no_prompt_kl_against_the_prompted_teacher_on_held_out_questions(tiny_llama, chat_tokenizer):
-    model = tiny_llama.fresh()
+def _bake_data(model, chat_tokenizer):
+    """(student training sequences, their targets, held-out student sequences, their targets): 16 and 6 questions."""
     train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0)
     held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0)
-    targets = answer_distributions(model, train_t, "cpu", dtype=torch.float32)
-    held_targets = answer_distributions(model, held_t, "cpu", dtype=torch.float32)
+    return (train_s, answer_distributions(model, train_t, "cpu", dtype=torch.float32),
+            held_s, answer_distributions(model, held_t, "cpu", dtype=torch.float32))
+
+
+def test_baking_lowers_the_no_prompt_kl_against_the_prompted_teacher_on_held_out_questions(tiny_llama, chat_tokenizer):
+    model = tiny_llama.fresh()
+    train_s, targets, held_s, held_targets = _bake_data(model, chat_tokenizer)
     before = _no_prompt_kl(model, held_targets, held_s)
     history = heal(model, train_s, targets, steps=30, batch_size=4, lr=3e-3, seed=0, device="cpu")
     after = _no_prompt_kl(model, held_targets, held_s)
@@ -82,10 +87,7 @@ def test_baking_lowers_the_no_prompt_kl_against_the_prompted_teacher_on_held_out
 
 def test_a_bake_of_the_vectors_alone_leaves_every_matrix_as_it_was_and_still_lowers_the_kl(tiny_llama, chat_tokenizer):
     model = tiny_llama.fresh()
-    train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0)
-    held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0)
-    targets = answer_distributions(model, train_t, "cpu", dtype=torch.float32)
-    held_targets = answer_distributions(model, held_t, "cpu", dtype=torch.float32)
+    train_s, targets, held_s, held_targets = _bake_data(model, chat_tokenizer)
     before_kl = _no_prompt_kl(model, held_targets, held_s)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     heal(model, train_s, targets, steps=30, batch_size=4, lr=3e-2, seed=0, device="cpu", vectors_only=True)
