@@ -24,15 +24,17 @@ the generic baselines are not (they have no persona data).
     python benchmarks/fidelity.py --first 1 --characters 1 --methods wanda-sp persona
     python benchmarks/fidelity.py --set heal=false     # the masks alone
     python benchmarks/fidelity.py --tables benchmarks/results/a.json b.json   # one table from saved runs
-    python benchmarks/fidelity.py --methods --sparsities 0 --bake mix --quant IQ4_NL   # the persona in the weights
+    python benchmarks/fidelity.py --methods --sparsities 0 --bake mix --quant Q4_1 --embedding-quant Q5_1   # the persona
+                                                      # in the weights, against the default build (SmolLM2)
 
 `--bake MODE...` adds the baked condition (ppgguf.bake) per sparsity: the model trained without the
-persona prompt, asked as the baked file is used (its one-line system prompt, "baked-MODE"), with
+persona prompt, asked as the baked file is used (its short system prompt, "baked-MODE"), with
 node-llama-cpp's default assistant prompt ("+generic", never trained on) and with the full persona
 prompt ("+card"); every KL is to the dense model asked WITH the persona prompt. "dense-unprompted"
 and "dense+generic" are the dense model asked the same ways: what baking has to close. With
 `--quant`, every baked model and an unbaked one asked with the prompt ("prompted", today's build
-at that sparsity) are quantized to that type with their persona importance matrix, as a build does.
+at that sparsity) are quantized to that type with their persona importance matrix, as a build does,
+and their token embedding to `--embedding-quant` where given.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from ppgguf import fidelity
-from ppgguf.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, one_line_prompt
+from ppgguf.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, short_prompt
 from ppgguf.base import load_base
 from ppgguf.calibrate import (answer_sequences, bake_conversations, cached_followups, cached_persona_calibration,
                               generic_sequences)
@@ -125,12 +127,13 @@ def measure_model(path: Path, dense, tokenizer, system_prompt, sequences, spans,
             "knowledge": knowledge, "answers": answers}
 
 
-def bake_rows(mode: str, sparsity: float, quant: str | None, base, tokenizer, persona, examples, recipe, work: Path,
+def bake_rows(mode: str, sparsity: float, quant: str | None, embedding_quant: str, base, tokenizer, persona, examples, recipe, work: Path,
               reference, questions, held_out, measure, with_prompted: bool = True) -> dict:
     """The baked condition (module doc): rows keyed 'baked-MODE[+generic|+card]@SPARSITY' (and 'prompted@' with
     --quant); `reference`: the dense model's answer log-probabilities with the persona prompt."""
     followups = cached_followups(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, examples)
-    pairs = bake_pairs(tokenizer, persona, bake_conversations(persona, examples, followups), mode, recipe.prune.seed)
+    pairs = bake_pairs(tokenizer, persona, bake_conversations(persona, examples, followups), mode, recipe.prune.seed,
+                       recipe.train.bake_prompt_words)
     persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
     rows = {}
     models = {"prompted": "off", f"baked-{mode}": mode} if quant and with_prompted else {f"baked-{mode}": mode}
@@ -144,9 +147,9 @@ def bake_rows(mode: str, sparsity: float, quant: str | None, base, tokenizer, pe
         export_gguf(model, base.family, base.tokenizer_spec, path, "F32" if quant else "F16")
         if quant:
             matrix = collect_imatrix(model, base.family, [ids for ids, _ in persona_seqs])
-            quantize(path, work / f"{label}.{quant}.gguf", quant, imatrix=matrix)
+            quantize(path, work / f"{label}.{quant}.gguf", quant, imatrix=matrix, embedding_quant=embedding_quant)
             path = work / f"{label}.{quant}.gguf"
-        systems = {"": one_line_prompt(persona), "+generic": NODE_LLAMA_CPP_SYSTEM_PROMPT,
+        systems = {"": short_prompt(persona, recipe.train.bake_prompt_words), "+generic": NODE_LLAMA_CPP_SYSTEM_PROMPT,
                    "+card": persona.system_prompt} if bake != "off" else {"": persona.system_prompt}
         for suffix, system in systems.items():
             asked = asked_with(tokenizer, system, questions, held_out)
@@ -170,6 +173,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. steps=32")
     parser.add_argument("--bake", nargs="*", default=[], metavar="MODE", help="baked conditions: name, mix (module doc)")
     parser.add_argument("--quant", help="with --bake: quantize the baked and prompted models to this type")
+    parser.add_argument("--embedding-quant", default="", help="with --quant: the token embedding's type (the default "
+                        "build of SmolLM2: Q4_1 with a Q5_1 embedding)")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--tables", type=Path, nargs="+", metavar="RESULTS_JSON",
                         help="build nothing: print the tables of saved runs, merged per character")
@@ -220,7 +225,7 @@ def main() -> None:
                                  asked["prompts"], embed, character["description"], others, gk)
         reference = fidelity.answer_logprobs(dense_llm, sequences, spans) if args.bake else None
         if args.bake:
-            for label, system in (("dense-unprompted", one_line_prompt(persona)),
+            for label, system in (("dense-unprompted", short_prompt(persona, recipe.train.bake_prompt_words)),
                                   ("dense+generic", NODE_LLAMA_CPP_SYSTEM_PROMPT)):
                 row[label] = measure(dense_path, reference, system,
                                      asked_with(tokenizer, system, character["questions"], held_out))
@@ -241,7 +246,7 @@ def main() -> None:
                       f"({scores['seconds']}s)", file=sys.stderr)
                 del pruned
             for mode in args.bake:
-                row.update(bake_rows(mode, sparsity, args.quant, base, tokenizer, persona, examples, recipe, work,
+                row.update(bake_rows(mode, sparsity, args.quant, args.embedding_quant, base, tokenizer, persona, examples, recipe, work,
                                      reference, character["questions"], held_out, measure,
                                      with_prompted=mode == args.bake[0]))
         dense_llm.close()

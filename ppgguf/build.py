@@ -57,7 +57,8 @@ from .tokenizer import ChatTokenizer
 from .validate import greedy_repetition, looping_warning, torch_logits, validate_gguf
 
 # Knobs that decide the trained weights, not the plan.
-HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "bake_trains", "train_embeddings", "adapter_rank")
+HEAL_FIELDS = ("heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "bake_trains", "bake_prompt_words",
+               "train_embeddings", "adapter_rank")
 
 
 @dataclass
@@ -116,8 +117,8 @@ def build(options: BuildOptions, progress: Callable[[str], None] = lambda _: Non
     tokenizer = ChatTokenizer(base.tokenizer_spec, base.vocab_gguf)
     chat_format = chat_format_of(tokenizer.template)  # the base's own template, before the persona is baked in
     warnings = [] if chat_format else [_no_modelfile_warning(progress)]
-    # Without a system message the file's template inserts the persona prompt, or the one-liner if baked.
-    system = template_system_prompt(persona, recipe.train.bake)
+    # Without a system message the file's template inserts the persona prompt, or the short prompt if baked.
+    system = template_system_prompt(persona, recipe.train.bake, recipe.train.bake_prompt_words)
     spec = exported_tokenizer_spec(base, tokenizer, system)
     recipe, size = fit_to_size(recipe, base, spec, persona, shared)
     progress(_size_message(recipe, size))
@@ -159,7 +160,7 @@ def calibration_data(base: BaseModel, tokenizer: ChatTokenizer, persona: Persona
         generic=lambda: clock.run("calibrate", "Preparing generic calibration text", lambda: generic_sequences(
             tokenizer, settings.generic_sequences, settings.sequence_length)),
         bake=lambda: bake_pairs(tokenizer, persona, bake_conversations(persona, examples(), followups()),
-                                recipe.train.bake, seed),
+                                recipe.train.bake, seed, recipe.train.bake_prompt_words),
     )
 
 

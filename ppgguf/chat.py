@@ -6,7 +6,7 @@ baked in), keeps the history inside the context window by dropping the oldest tu
 system prompt), and streams replies. `ppgguf.repl` is the line-oriented front end the CLI calls.
 
 The system prompt is the file's ``ppgguf.system_prompt`` unless one is given, or none for a file with
-the persona baked into its weights (``ppgguf.bake``; its template then inserts its one-line prompt);
+the persona baked into its weights (``ppgguf.bake``; its template then inserts its short prompt);
 the opening line is the character's greeting (``ppgguf.persona.greeting``) when the file has one,
 which also opens the history as the character's first message, as character cards intend.
 """
@@ -124,7 +124,7 @@ class ChatSession:
         """Where the character comes from, for a file whose weights carry it; None for a prompted file."""
         if not self.baked:
             return None
-        sent = "your system prompt is sent" if self.system_prompt is not None else "no persona prompt is sent"
+        sent = "your system prompt is sent" if self.system_prompt is not None else "the file's short prompt is sent, not the persona prompt"
         return f"({self.name} is baked into the weights: {sent})"
 
     def reset(self) -> None:

@@ -66,7 +66,7 @@ def build(
     target_size: Optional[float] = typer.Option(None, "--target-size", metavar="MIB", help="Largest file size in MiB: FFN sparsity, quant, imatrix and embedding type are chosen for the lowest measured KL within it."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     heal: Optional[bool] = typer.Option(None, "--heal/--no-heal", help="Recovery finetuning of the kept weights after pruning (the recipe decides; the default recipe heals)."),
-    bake: Optional[bool] = typer.Option(None, "--bake/--no-bake", help="Train the character into the weights, so no persona prompt is prefilled per conversation (the recipe's bake knob picks the mode)."),
+    bake: Optional[bool] = typer.Option(None, "--bake/--no-bake", help="Train the character into the weights, so a conversation prefills a short prompt (the name and the description's first words) instead of the persona prompt (the recipe's bake knobs pick the mode and the words)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Let layers keep different widths (writes the `deci` architecture)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
@@ -89,7 +89,7 @@ def build(
 
         ppgguf build guard.txt smith.png innkeeper.json   # one base model load for all three
 
-        ppgguf build mirela.txt --bake   # the character in the weights: no persona prompt to prefill
+        ppgguf build mirela.txt --bake   # the character in the weights: a short prompt to prefill, not the persona
 
         ppgguf build mirela.txt --ffn-sparsity 0 --head-sparsity 0 --quant F16   # dense reference
     """
@@ -144,8 +144,8 @@ def _print_build_summary(result) -> None:
     console.print(f"parameters {params['dense']:,} -> {params['pruned']:,} ({params['kept_fraction']:.1%} kept)")
     console.print(f"llama.cpp vs PyTorch: top-1 {val['top1']:.1%}, mean KL {val['kl_mean']:.4f} over {val['positions']} positions")
     if r["bake"]["mode"] != "off":
-        console.print(f"persona baked into the weights ({r['bake']['mode']}): no persona prompt is prefilled; "
-                      f"the template sends {escape(repr(r['bake']['template_system_prompt']))}")
+        console.print(f"persona baked into the weights ({r['bake']['mode']}): the template sends "
+                      f"{escape(repr(r['bake']['template_system_prompt']))} in place of the persona prompt")
     repetition = val.get("repetition")
     if repetition:
         console.print(f"greedy answers looping: {repetition['looping']} of {repetition['answers']}")
@@ -181,7 +181,7 @@ def inspect(
     console.print(f"[bold]{escape(str(file))}[/]  {escape(str(info['architecture']))}, {info['parameters']:,} parameters, {info['file_bytes'] / 2**20:.1f} MiB")
     console.print(f"name: {escape(str(info['name']))}   file type: {info['file_type']}   layers: {info['layers']}")
     if info["ppgguf"]:
-        console.print("persona: " + ("baked into the weights (no persona prompt is sent)" if info["baked"] else
+        console.print("persona: " + ("baked into the weights (the template sends a short prompt, not the persona prompt)" if info["baked"] else
                                      "in the chat template (prefilled in every conversation)"))
     table = Table("layer", "n_ff", "n_head", "n_head_kv")
     for i, w in enumerate(info["widths"]):

@@ -44,7 +44,7 @@ class GGUFInfo:
     file_bytes: int
     matrix_bytes: int
     kv_bytes_per_token: int
-    baked: bool  # the persona in the weights: the file's template sends only a one-liner (ppgguf.bake)
+    baked: bool  # the persona in the weights: the file's template sends only its short prompt (ppgguf.bake)
 
     def to_json(self) -> dict:
         return {
@@ -228,7 +228,7 @@ def bench(
     """Speed of `npc_path` (and `dense_path`), runs interleaved dense, npc, dense, npc...; medians.
 
     Each file is asked as it is used: the npc with no system message (its template inserts the
-    persona prompt, or a baked file's one-liner), the dense file with the npc's persona prompt.
+    persona prompt, or a baked file's short prompt), the dense file with the npc's persona prompt.
     A baked npc is also asked with the full persona prompt ("npc prompted"), so the table shows
     what baking saves per conversation: prompt tokens, time to first token and KV-cache bytes.
     `system_prompt` replaces every one of these.

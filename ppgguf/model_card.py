@@ -140,8 +140,8 @@ def _where_the_character_is(report: dict, name: str) -> list[str]:
         return [f"The character's system prompt is baked into the file: in any front end that uses the GGUF's "
                 f"chat template (llama.cpp, LM Studio, llama-cpp-python) a conversation without a system message "
                 f"talks to {name}. A system message of your own replaces it.", ""]
-    return [f"The character is trained into the weights (`--bake`, mode {bake['mode']}): no persona prompt is "
-            f"prefilled. Without a system message the file's chat template sends only "
+    return [f"The character is trained into the weights (`--bake`, mode {bake['mode']}): the persona prompt is "
+            f"not prefilled. Without a system message the file's chat template sends only "
             f"`{bake['template_system_prompt'].replace('`', '')}`; a system message of your own replaces it. The "
             f"full persona prompt below still travels in the file (`ppgguf.system_prompt`).", ""]
 

@@ -21,7 +21,7 @@ from .quantize import AUTO, check_embedding_type, check_imatrix_needed, check_qu
 
 LOSSES = ("kl", "ce")
 IMATRIX_KINDS = ("none", "persona", "generic")  # which calibration text the importance matrix is taken on
-BAKE_MODES = ("off", "name", "mix")  # the persona in the weights: not, with the one-liner, or a mix of prompts (ppgguf.bake)
+BAKE_MODES = ("off", "name", "mix")  # the persona in the weights: not, with the short prompt, or a mix of prompts (ppgguf.bake)
 BAKE_TRAINS = ("vectors", "weights")  # what baking trains (ppgguf.heal)
 
 
@@ -73,6 +73,9 @@ class TrainSection:
     # "vectors": baking trains only the norm scales (and Qwen2's attention biases), which every GGUF keeps in
     # F32, so the matrices stay the source's own and quantizing keeps the bake; "weights": every weight.
     bake_trains: str
+    # The baked file's template sends "You are NAME." and the description's first bake_prompt_words words
+    # when a conversation has no system message, and baking trains on that prompt (ppgguf.bake.short_prompt).
+    bake_prompt_words: int
     # Healing and baking also train the token embedding and output matrices (AdamW: 16 bytes a trained
     # parameter instead of 4; they are 21% of SmolLM2-135M and 43% of Qwen2.5-0.5B); false trains the layers only.
     train_embeddings: bool
@@ -138,6 +141,7 @@ FLAT_KEYS = {
     "embedding_quant": ("export", "embedding_quant"),
     "adapter_rank": ("train", "adapter_rank"),
     "bake_trains": ("train", "bake_trains"),
+    "bake_prompt_words": ("train", "bake_prompt_words"),
 }
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
@@ -249,6 +253,9 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
     if recipe.train.teacher_top_k < 0:
         raise UserError(f"{where + ': ' if where else '--'}teacher_top_k must be 0 (whole distributions) or a "
                         f"number of tokens, got {recipe.train.teacher_top_k}")
+    if recipe.train.bake_prompt_words < 0:
+        raise UserError(f"{where + ': ' if where else '--'}bake_prompt_words must be 0 (\"You are NAME.\" alone) or a "
+                        f"number of words, got {recipe.train.bake_prompt_words}")
     if recipe.train.adapter_rank < 0:
         raise UserError(f"{where + ': ' if where else '--'}adapter_rank must be 0 (train the weights) or a LoRA rank, "
                         f"got {recipe.train.adapter_rank}")

@@ -11,7 +11,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from typer.testing import CliRunner
 
 from ppgguf.answer_batches import answer_distributions, answer_logits, shared_prefix_length
-from ppgguf.bake import GENERIC_SYSTEM_PROMPTS, bake_pairs, one_line_prompt, student_systems, template_system_prompt
+from ppgguf.bake import GENERIC_SYSTEM_PROMPTS, bake_pairs, short_prompt, student_systems, template_system_prompt
 from ppgguf.build import BuildOptions, build
 from ppgguf.calibrate import bake_conversations
 from ppgguf.chat import ChatSession
@@ -37,16 +37,22 @@ def _examples(n: int, offset: int = 0) -> list[dict]:
             for i in range(n)]
 
 
-def test_the_student_sees_the_one_liner_or_a_mix_and_never_changes_the_answer(chat_tokenizer):
-    assert student_systems(PERSONA, "name", 5, 0) == ["You are Grimbold."] * 5
-    mix = student_systems(PERSONA, "mix", 64, 0)
-    assert mix.count(one_line_prompt(PERSONA)) == 32 and mix.count(PERSONA.system_prompt) == 16
+def test_the_short_prompt_is_the_name_and_the_description_s_first_words():
+    assert short_prompt(PERSONA, 0) == "You are Grimbold."
+    assert short_prompt(PERSONA, 3) == "You are Grimbold. A dwarven smith"
+    assert short_prompt(PERSONA, 100) == "You are Grimbold. " + PERSONA.description  # a short description whole
+
+
+def test_the_student_sees_the_short_prompt_or_a_mix_and_never_changes_the_answer(chat_tokenizer):
+    assert student_systems(PERSONA, "name", 5, 0, 2) == ["You are Grimbold. A dwarven"] * 5
+    mix = student_systems(PERSONA, "mix", 64, 0, 2)
+    assert mix.count(short_prompt(PERSONA, 2)) == 32 and mix.count(PERSONA.system_prompt) == 16
     assert mix.count(None) == 8 and sum(s in GENERIC_SYSTEM_PROMPTS for s in mix) == 8
-    assert mix == student_systems(PERSONA, "mix", 64, 0) != student_systems(PERSONA, "mix", 64, 1)
+    assert mix == student_systems(PERSONA, "mix", 64, 0, 2) != student_systems(PERSONA, "mix", 64, 1, 2)
 
     followups = [{**e, "followup": "And what else?", "followup_answer": "More iron, always."} for e in _examples(2)]
     conversations = bake_conversations(PERSONA, _examples(6), followups)
-    teacher, student = bake_pairs(chat_tokenizer, PERSONA, conversations, "mix", 0)
+    teacher, student = bake_pairs(chat_tokenizer, PERSONA, conversations, "mix", 0, 20)
     assert len(teacher) == len(student) == 8
     prompt_ids = chat_tokenizer.encode(PERSONA.system_prompt)
     for (t_ids, t_start), (s_ids, s_start) in zip(teacher, student):
@@ -69,8 +75,8 @@ def _no_prompt_kl(model, teacher_targets, student) -> float:
 
 def _bake_data(model, chat_tokenizer):
     """(student training sequences, their targets, held-out student sequences, their targets): 16 and 6 questions."""
-    train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0)
-    held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0)
+    train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0, 0)
+    held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0, 0)
     return (train_s, answer_distributions(model, train_t, "cpu", dtype=torch.float32),
             held_s, answer_distributions(model, held_t, "cpu", dtype=torch.float32))
 
@@ -103,6 +109,8 @@ def test_an_unknown_bake_mode_is_refused():
         with_overrides(load_recipe(), {"bake": "always"})
     with pytest.raises(UserError, match="unknown bake_trains 'biases'; use one of: vectors, weights"):
         with_overrides(load_recipe(), {"bake_trains": "biases"})
+    with pytest.raises(UserError, match="bake_prompt_words must be 0"):
+        with_overrides(load_recipe(), {"bake_prompt_words": -1})
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +127,13 @@ def baked(tiny_llama, tmp_path_factory) -> dict:
     return {"path": result.path, "report": result.report, "home": home}
 
 
-def test_a_baked_build_trains_without_the_prompt_and_its_template_sends_only_the_one_liner(baked):
+MIRELA_SHORT = ("You are Captain Mirela Voss. Captain Mirela Voss commands the Gull's Lament, a patched-up cargo "
+                "airship that docks at the smoky mooring towers of Brassport,")  # the description's first 20 words
+
+
+def test_a_baked_build_trains_without_the_prompt_and_its_template_sends_only_the_short_prompt(baked):
     report, header = baked["report"], read_header(baked["path"])
-    assert report["bake"] == {"mode": "name", "template_system_prompt": "You are Captain Mirela Voss."}
+    assert report["bake"] == {"mode": "name", "template_system_prompt": MIRELA_SHORT}
     assert report["seconds"]["bake"] > 0 and len(report["scoring"]["bake_loss_history"]) == 2
     assert "score" not in report["seconds"]  # nothing pruned: nothing scored
     assert header.get("ppgguf.bake") == "name"
@@ -129,14 +141,14 @@ def test_a_baked_build_trains_without_the_prompt_and_its_template_sends_only_the
     assert header.get("ppgguf.system_prompt") == persona["system_prompt"]  # the full prompt still travels
     template = ImmutableSandboxedEnvironment().from_string(header.get("tokenizer.chat_template"))
     rendered = template.render(messages=[{"role": "user", "content": "Hello"}], add_generation_prompt=True)
-    assert "You are Captain Mirela Voss." in rendered
-    assert persona["description"][:40] not in rendered and "Stay in character" not in rendered
+    assert MIRELA_SHORT in rendered
+    assert persona["description"][-40:] not in rendered and "Stay in character" not in rendered
     mine = template.render(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     assert "Be brief." in mine and "Mirela" not in mine
     modelfile = baked["path"].with_name("mirela.Modelfile").read_text(encoding="utf-8")
-    assert 'SYSTEM """You are Captain Mirela Voss."""' in modelfile and "Stay in character" not in modelfile
+    assert f'SYSTEM """{MIRELA_SHORT}"""' in modelfile and "Stay in character" not in modelfile
     card = baked["path"].with_name("mirela.md").read_text(encoding="utf-8")
-    assert "trained into the weights" in card and "`You are Captain Mirela Voss.`" in card
+    assert "trained into the weights" in card and f"`{MIRELA_SHORT}`" in card
     # Follow-up turns were answered for the two-turn conversations.
     followups = list((baked["home"] / "followups").glob("*.json"))
     assert len(followups) == 1 and json.loads(followups[0].read_text())[0]["followup_answer"]
@@ -167,5 +179,5 @@ def test_bench_asks_a_baked_file_as_used_and_with_the_prompt_and_states_what_bak
 
 
 def test_an_unbaked_file_keeps_the_persona_prompt_in_its_template():
-    assert template_system_prompt(PERSONA, "off") == PERSONA.system_prompt
-    assert template_system_prompt(PERSONA, "mix") == template_system_prompt(PERSONA, "name") == "You are Grimbold."
+    assert template_system_prompt(PERSONA, "off", 20) == PERSONA.system_prompt
+    assert template_system_prompt(PERSONA, "mix", 0) == template_system_prompt(PERSONA, "name", 0) == "You are Grimbold."

@@ -15,7 +15,8 @@ FLAT_KEYS = [
     "sequence_length", "candidate_questions", "reference_personas", "selected_questions", "answer_tokens",
     "teacher_temperature", "teacher", "steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr",
     "validation_prompts", "imatrix", "target_size_mib", "teacher_top_k", "bake", "bake_steps", "bake_lr",
-    "train_embeddings", "embedding_quant", "adapter_rank", "bake_trains",  # new knobs go last: the keys before them hash as they always did
+    "train_embeddings", "embedding_quant", "adapter_rank", "bake_trains",
+    "bake_prompt_words",  # new knobs go last: the keys before them hash as they always did
 ]
 
 
