@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from ppgguf import fidelity
-from ppgguf.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, short_prompt
+from ppgguf.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, short_prompt, template_system_prompt
 from ppgguf.base import load_base
 from ppgguf.calibrate import (answer_sequences, bake_conversations, cached_followups, cached_persona_calibration,
                               generic_sequences)
@@ -127,8 +127,8 @@ def measure_model(path: Path, dense, tokenizer, system_prompt, sequences, spans,
             "knowledge": knowledge, "answers": answers}
 
 
-def bake_rows(mode: str, sparsity: float, quant: str | None, embedding_quant: str, base, tokenizer, persona, examples, recipe, work: Path,
-              reference, questions, held_out, measure, with_prompted: bool = True) -> dict:
+def bake_rows(mode: str, sparsity: float, quant: str | None, embedding_quant: str, base, tokenizer, persona, examples,
+              recipe, work: Path, reference, questions, held_out, measure, with_prompted: bool = True) -> dict:
     """The baked condition (module doc): rows keyed 'baked-MODE[+generic|+card]@SPARSITY' (and 'prompted@' with
     --quant); `reference`: the dense model's answer log-probabilities with the persona prompt."""
     followups = cached_followups(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, examples)
@@ -149,8 +149,10 @@ def bake_rows(mode: str, sparsity: float, quant: str | None, embedding_quant: st
             matrix = collect_imatrix(model, base.family, [ids for ids, _ in persona_seqs])
             quantize(path, work / f"{label}.{quant}.gguf", quant, imatrix=matrix, embedding_quant=embedding_quant)
             path = work / f"{label}.{quant}.gguf"
-        systems = {"": short_prompt(persona, recipe.train.bake_prompt_words), "+generic": NODE_LLAMA_CPP_SYSTEM_PROMPT,
-                   "+card": persona.system_prompt} if bake != "off" else {"": persona.system_prompt}
+        # Asked as the file's template asks it, and a baked file also with a foreign prompt and the card.
+        systems = {"": template_system_prompt(persona, bake, recipe.train.bake_prompt_words)}
+        if bake != "off":
+            systems.update({"+generic": NODE_LLAMA_CPP_SYSTEM_PROMPT, "+card": persona.system_prompt})
         for suffix, system in systems.items():
             asked = asked_with(tokenizer, system, questions, held_out)
             rows[f"{label}{suffix}@{sparsity}"] = measure(path, reference, system, asked)
@@ -246,8 +248,8 @@ def main() -> None:
                       f"({scores['seconds']}s)", file=sys.stderr)
                 del pruned
             for mode in args.bake:
-                row.update(bake_rows(mode, sparsity, args.quant, args.embedding_quant, base, tokenizer, persona, examples, recipe, work,
-                                     reference, character["questions"], held_out, measure,
+                row.update(bake_rows(mode, sparsity, args.quant, args.embedding_quant, base, tokenizer, persona,
+                                     examples, recipe, work, reference, character["questions"], held_out, measure,
                                      with_prompted=mode == args.bake[0]))
         dense_llm.close()
         results.append(row)

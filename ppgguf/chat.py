@@ -124,7 +124,8 @@ class ChatSession:
         """Where the character comes from, for a file whose weights carry it; None for a prompted file."""
         if not self.baked:
             return None
-        sent = "your system prompt is sent" if self.system_prompt is not None else "the file's short prompt is sent, not the persona prompt"
+        sent = ("your system prompt is sent" if self.system_prompt is not None
+                else "the file's short prompt is sent, not the persona prompt")
         return f"({self.name} is baked into the weights: {sent})"
 
     def reset(self) -> None:
