@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,20 @@ def deterministic_kernels():
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def split_by_group(indices: list[int], groups: list[Hashable] | None) -> list[list[int]]:
+    """`indices` split by their sequences' group, in order of first appearance (all of them without groups).
+
+    Sequences of one group share their start (a bake's: the student's system prompt, ppgguf.bake), which a
+    part then runs once (answer_logits).
+    """
+    if groups is None:
+        return [indices]
+    parts: dict[Hashable, list[int]] = {}
+    for index in indices:
+        parts.setdefault(groups[index], []).append(index)
+    return list(parts.values())
 
 
 def shuffled_batches(count: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:

@@ -17,6 +17,8 @@ The generic prompts trained on are not node-llama-cpp's default, which the bench
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .calibrate import Messages, Sequence, conversation_sequence
@@ -69,17 +71,24 @@ def student_systems(persona: Persona, mode: str, count: int, seed: int, words: i
     return [system_of[slots[order[i] % len(slots)]](i) for i in range(count)]
 
 
+class BakePairs(NamedTuple):
+    teacher: list[Sequence]  # each conversation with the persona prompt
+    student: list[Sequence]  # the same conversation as the student sees it
+    groups: list[str]  # the student's system prompt ("": none), which batches group by (ppgguf.heal)
+
+
 def bake_pairs(tokenizer: ChatTokenizer, persona: Persona, conversations: list[Messages], mode: str,
-               seed: int, words: int) -> tuple[list[Sequence], list[Sequence]]:
-    """(teacher, student) sequences: each conversation with the persona prompt, and as the student sees it.
+               seed: int, words: int) -> BakePairs:
+    """Each conversation with the persona prompt, and as the student sees it.
 
     Both end with the same answer tokens, so the teacher's distributions there are the student's targets.
     """
-    teacher, student = [], []
+    pairs = BakePairs([], [], [])
     for messages, system in zip(conversations, student_systems(persona, mode, len(conversations), seed, words)):
         prompted = conversation_sequence(tokenizer, persona.system_prompt, messages)
         replaced = conversation_sequence(tokenizer, system, messages)
         if prompted and replaced and prompted[0][prompted[1]:] == replaced[0][replaced[1]:]:
-            teacher.append(prompted)
-            student.append(replaced)
-    return teacher, student
+            pairs.teacher.append(prompted)
+            pairs.student.append(replaced)
+            pairs.groups.append(system or "")
+    return pairs

@@ -16,7 +16,8 @@ import warnings
 
 import torch
 
-from .answer_batches import Sequence, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches
+from .answer_batches import (Sequence, answer_logits, deterministic_kernels, shared_prefix_length, shuffled_batches,
+                             split_by_group)
 from .distill import Target, kl_loss
 
 
@@ -27,7 +28,7 @@ ADAPTED_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 def heal(
     model, sequences: list[Sequence], teacher: list[Target], steps: int, batch_size: int,
     lr: float, seed: int, device: str, on_step=None, train_embeddings: bool = True, adapter_rank: int = 0,
-    vectors_only: bool = False,
+    vectors_only: bool = False, groups: list | None = None,
 ) -> list[float]:
     """Finetune `model` in place; returns the loss per step.
 
@@ -36,6 +37,9 @@ def heal(
     `adapter_rank` only adapters of that rank train (the embeddings do not), merged into `model` at the end.
     With `vectors_only` only the 1-D parameters train (the norm scales, Qwen2's attention biases): a GGUF
     keeps them in F32, so every matrix stays what it was and quantizes back onto the same grid.
+    With `groups` (one key per sequence) each batch runs as one forward and backward pass per group, its
+    gradients summed: a bake's sequences are grouped by the student's system prompt, so each part runs its
+    prompt once, and the step is the whole batch's.
     """
     torch.manual_seed(seed)
     model.to(device).train()
@@ -58,19 +62,20 @@ def heal(
             p.requires_grad_(id(p) in trained)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history: list[float] = []
-    prefix_length = shared_prefix_length(sequences)
     with deterministic_kernels():
         try:
             for step, indices in enumerate(shuffled_batches(len(sequences), batch_size, steps, seed)):
                 optimizer.zero_grad(set_to_none=True)
-                batch = [sequences[i] for i in indices]
-                losses = [kl_loss(logits, teacher[i])
-                          for i, logits in zip(indices, answer_logits(model, batch, prefix_length, device))]
-                loss = torch.stack(losses).mean()
-                loss.backward()
+                loss = 0.0
+                for part in split_by_group(indices, groups):
+                    batch = [sequences[i] for i in part]
+                    logits = answer_logits(model, batch, shared_prefix_length(batch), device)
+                    part_loss = torch.stack([kl_loss(rows, teacher[i]) for i, rows in zip(part, logits)]).sum()
+                    (part_loss / len(indices)).backward()  # the batch's mean, one part's activations at a time
+                    loss += float(part_loss.detach()) / len(indices)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
-                history.append(float(loss.detach()))
+                history.append(loss)
                 if on_step is not None:
                     on_step(step + 1, steps, history[-1])
         finally:

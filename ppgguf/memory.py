@@ -136,7 +136,7 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
             extra = ADAMW_EXTRA_BYTES * (shape.parameters - frozen)
         stages["train"] = (base + tokens * target_row + extra
                            + training_activation_bytes(shape, train.batch_size, calibration.answer_tokens,
-                                                       shared_prompt=train.bake == "off"))
+                                                       earlier_answers=int(train.bake != "off")))
     return {**stages, "total": max(stages.values())}
 
 
@@ -160,15 +160,17 @@ def quantized_bytes(shape: ModelShape, recipe: Recipe) -> int:
     return int(shape.parameters * widest)
 
 
-def training_activation_bytes(shape: ModelShape, batch_size: int, answer_tokens: int, shared_prompt: bool = True) -> int:
+def training_activation_bytes(shape: ModelShape, batch_size: int, answer_tokens: int, earlier_answers: int = 0) -> int:
     """What backpropagation through a batch keeps: per token and layer about 16 hidden-wide and 4
     FFN-wide fp32 vectors and two rows of attention scores per head, over a context of a persona
     prompt, a question and an answer; and the answer logits three times (logits, log-softmax, gradient).
-    Fitted to the peaks of mask learning and healing on SmolLM2-135M (README "Memory"). A batch that
-    shares its persona prompt runs it once; a bake's student sequences each have their own system
-    prompt (ppgguf.bake), so every sequence runs its whole context."""
-    tokens = batch_size * (answer_tokens + PROMPT_AND_QUESTION_TOKENS // (4 if shared_prompt else 1))
-    context = PROMPT_AND_QUESTION_TOKENS + answer_tokens
+    Fitted to the peaks of mask learning and healing on SmolLM2-135M (README "Memory"). A batch runs its
+    shared prompt once; a bake's (ppgguf.heal with groups) runs one system prompt at a time, at worst all
+    of the batch, padded to its longest conversation, which holds an earlier answer where it has a
+    follow-up (`earlier_answers`)."""
+    earlier = earlier_answers * answer_tokens
+    tokens = batch_size * (answer_tokens + earlier + PROMPT_AND_QUESTION_TOKENS // 4)
+    context = PROMPT_AND_QUESTION_TOKENS + answer_tokens + earlier
     per_token_layer = 4 * (16 * shape.hidden + 4 * shape.ffn + 2 * shape.heads * context)
     return tokens * shape.layers * per_token_layer + batch_size * answer_tokens * 3 * shape.vocab * 4
 

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .answer_batches import answer_distributions
+from .bake import BakePairs
 from .coupling import decoder_layers, group_shape
 from .distill import Target
 from .heal import heal
@@ -34,15 +35,15 @@ Sequence = tuple[list[int], int]  # token ids of [system, user, answer] and wher
 class Calibration:
     """The token sequences scorers and healing read; each is computed once, when first asked for.
 
-    `bake`: (teacher, student) sequences for baking the persona in: the same answers with the persona
-    prompt and as the student sees them (ppgguf.bake.bake_pairs).
+    `bake`: the (teacher, student, groups) sequences for baking the persona in: the same answers with the
+    persona prompt and as the student sees them (ppgguf.bake.bake_pairs).
     """
 
     def __init__(self, persona: Callable[[], list[Sequence]], generic: Callable[[], list[list[int]]],
-                 bake: Callable[[], tuple[list[Sequence], list[Sequence]]] | None = None):
+                 bake: Callable[[], BakePairs] | None = None):
         self.persona = cache(persona)
         self.generic = cache(generic)
-        self.bake = cache(bake or (lambda: ([], [])))
+        self.bake = cache(bake or (lambda: BakePairs([], [], [])))
 
 
 @dataclass
@@ -86,10 +87,13 @@ def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration
     trains = recipe.train.heal or baking
     healed = _healed_file(cache_at)
     stage = "bake" if baking else "heal"
-    sequences, teacher = [], None
+    sequences, teacher, groups = [], None, None
     if trains and not (healed and healed.is_file()):
         # Fetched before any stage clock runs, so their calibration time is not counted as training too.
-        teacher_sequences, sequences = calibration.bake() if baking else (calibration.persona(),) * 2
+        if baking:
+            teacher_sequences, sequences, groups = calibration.bake()
+        else:
+            teacher_sequences = sequences = calibration.persona()
         # The dense model's answer distributions (with the persona prompt) are the target: mask
         # learning computed them already for healing, unless its loss was cross-entropy or the plan
         # came from the run directory.
@@ -101,7 +105,8 @@ def prune_model(model: torch.nn.Module, recipe: Recipe, calibration: Calibration
     if not nothing_to_prune(recipe):
         model = clock.run("surgery", "Removing pruned channels and heads", lambda: apply_plan(model, plan))
     if trains:
-        log[f"{stage}_loss_history"] = train_model(model, recipe, sequences, teacher, device, clock, healed, stage)
+        log[f"{stage}_loss_history"] = train_model(model, recipe, sequences, teacher, device, clock, healed, stage,
+                                                   groups)
     return Pruned(model, plan, log)
 
 
@@ -139,8 +144,9 @@ def choose_plan(model, recipe: Recipe, calibration: Calibration, device: str, cl
 
 
 def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[Target] | None, device: str,
-                clock: StageClock, healed: Path | None, stage: str) -> list[float]:
-    """Finetune the kept weights toward `teacher` on `sequences` (healing or baking); kept at `healed`."""
+                clock: StageClock, healed: Path | None, stage: str, groups: list[str] | None = None) -> list[float]:
+    """Finetune the kept weights toward `teacher` on `sequences` (healing or baking; `groups` as ppgguf.heal
+    takes them); kept at `healed`."""
     if healed and healed.is_file():
         clock.progress("Reusing the trained weights from the run directory")
         model.load_state_dict(load_file(str(healed)), strict=False)
@@ -153,7 +159,7 @@ def train_model(model, recipe: Recipe, sequences: list[Sequence], teacher: list[
         stage, f"{what} ({steps} steps)",
         lambda: heal(model, sequences, teacher, steps, train.batch_size, lr, recipe.prune.seed, device,
                      on_step=step_reporter(what.split()[0], clock.progress), train_embeddings=train.train_embeddings,
-                     adapter_rank=0 if vectors_only else train.adapter_rank, vectors_only=vectors_only),
+                     adapter_rank=0 if vectors_only else train.adapter_rank, vectors_only=vectors_only, groups=groups),
     )
     if healed:
         tmp = healed.with_name(healed.name + ".partial")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ppgguf.answer_batches import answer_logits, shared_prefix_length
+from ppgguf.answer_batches import answer_logits, shared_prefix_length, split_by_group
 from ppgguf.calibrate import answer_sequences
 
 PERSONA = "You are Brannoc, a dwarf smith who speaks in short, gruff sentences about iron and fire."
@@ -28,6 +28,12 @@ def test_shared_prefix_stops_before_the_first_predicting_position():
     sequences = [([1, 2, 3, 4, 5], 4), ([1, 2, 3, 9], 3), ([1, 2, 3, 4, 7, 8], 5)]
     assert shared_prefix_length(sequences) == 2  # the second sequence predicts its answer from position 2
     assert shared_prefix_length([([5, 6], 1), ([7, 6], 1)]) == 0
+
+
+def test_a_batch_splits_by_group_in_order_of_first_appearance():
+    groups = ["card", "short", "", "short", "card"]
+    assert split_by_group([4, 1, 2, 3, 0], groups) == [[4, 0], [1, 3], [2]]
+    assert split_by_group([4, 1, 2], None) == [[4, 1, 2]]
 
 
 def test_batched_answer_logits_and_gradients_equal_plain_forwards(tiny, chat_tokenizer):

@@ -52,8 +52,9 @@ def test_the_student_sees_the_short_prompt_or_a_mix_and_never_changes_the_answer
 
     followups = [{**e, "followup": "And what else?", "followup_answer": "More iron, always."} for e in _examples(2)]
     conversations = bake_conversations(PERSONA, _examples(6), followups)
-    teacher, student = bake_pairs(chat_tokenizer, PERSONA, conversations, "mix", 0, 20)
-    assert len(teacher) == len(student) == 8
+    teacher, student, groups = bake_pairs(chat_tokenizer, PERSONA, conversations, "mix", 0, 20)
+    assert len(teacher) == len(student) == len(groups) == 8
+    assert groups == [s or "" for s in student_systems(PERSONA, "mix", 8, 0, 20)]
     prompt_ids = chat_tokenizer.encode(PERSONA.system_prompt)
     for (t_ids, t_start), (s_ids, s_start) in zip(teacher, student):
         assert t_ids[t_start:] == s_ids[s_start:]  # the same answer tokens: the teacher's rows are the targets
@@ -75,8 +76,10 @@ def _no_prompt_kl(model, teacher_targets, student) -> float:
 
 def _bake_data(model, chat_tokenizer):
     """(student training sequences, their targets, held-out student sequences, their targets): 16 and 6 questions."""
-    train_t, train_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []), "name", 0, 0)
-    held_t, held_s = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []), "name", 0, 0)
+    train_t, train_s, _ = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []),
+                                     "name", 0, 0)
+    held_t, held_s, _ = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(6, 40), []),
+                                   "name", 0, 0)
     return (train_s, answer_distributions(model, train_t, "cpu", dtype=torch.float32),
             held_s, answer_distributions(model, held_t, "cpu", dtype=torch.float32))
 
@@ -102,6 +105,40 @@ def test_a_bake_of_the_vectors_alone_leaves_every_matrix_as_it_was_and_still_low
     assert all(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("norm.weight"))
     after_kl = _no_prompt_kl(model, held_targets, held_s)
     assert after_kl < 0.9 * before_kl, (before_kl, after_kl)
+
+
+def test_a_bake_runs_each_system_prompt_of_a_batch_once_and_steps_as_the_whole_batch(tiny_llama, chat_tokenizer,
+                                                                                       monkeypatch):
+    import ppgguf.heal
+
+    teacher, student, groups = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []),
+                                          "mix", 0, 2)
+    assert len(set(groups)) >= 3
+    targets = answer_distributions(tiny_llama.fresh(), teacher, "cpu", dtype=torch.float32)
+    seen = []
+
+    def spy(model, batch, prefix_length, device):
+        seen.append(({groups[student.index(s)] for s in batch}, prefix_length, batch))
+        return answer_logits(model, batch, prefix_length, device)
+
+    trained = {}
+    for by in (groups, None):
+        model = tiny_llama.fresh()
+        with monkeypatch.context() as m:
+            m.setattr(ppgguf.heal, "answer_logits", spy)
+            history = heal(model, student, targets, steps=6, batch_size=4, lr=1e-2, seed=0, device="cpu",
+                           vectors_only=True, groups=by)
+        trained[by is None] = (history, model.state_dict())
+    grouped = seen[: len(seen) - 6]  # then the 6 ungrouped passes
+    assert len(grouped) > 6
+    for systems, prefix_length, batch in grouped:
+        assert len(systems) == 1  # one system prompt a pass
+        system = chat_tokenizer.encode(next(iter(systems)))
+        assert prefix_length == shared_prefix_length(batch) >= len(system)  # run once for the part
+    # The same steps as whole batches: the parts' gradients add up to the batch's.
+    (history, weights), (plain_history, plain_weights) = trained[False], trained[True]
+    assert history == pytest.approx(plain_history, rel=1e-4)
+    assert all(torch.allclose(weights[k], plain_weights[k], atol=1e-5) for k in weights)
 
 
 def test_an_unknown_bake_mode_is_refused():

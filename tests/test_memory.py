@@ -85,13 +85,15 @@ def test_a_bake_of_the_vectors_holds_no_optimizer_state_for_the_weights(tiny_lla
     assert predicted_peak(shape, weights)["train"] - predicted_peak(shape, vectors)["train"] == 12 * shape.parameters
 
 
-def test_a_bake_runs_every_sequence_s_whole_context_where_healing_shares_the_persona_prompt(tiny_llama):
-    # Measured on SmolLM2 (README "The character in the weights"): a default --bake build peaked at 8.37 GiB,
-    # predicted 4.97 GiB while the student's sequences were counted as sharing one prompt.
+def test_a_bake_s_batch_is_padded_to_a_follow_up_with_its_earlier_answer(tiny_llama):
+    # Measured on SmolLM2 (README "The character in the weights"): a default --bake build, each batch run one
+    # system prompt at a time, peaked at 5.23 GiB; predicted 6.73 GiB (eight sequences of one prompt, padded).
     shape = model_shape(tiny_llama.dir)
-    shared, whole = (training_activation_bytes(shape, 8, 64, shared_prompt=s) for s in (True, False))
+    healing, baking = (training_activation_bytes(shape, 8, 64, earlier_answers=e) for e in (0, 1))
+    rows, layers = 8 * (64 + PROMPT_AND_QUESTION_TOKENS // 4), shape.layers
     per_token = 4 * (16 * shape.hidden + 4 * shape.ffn + 2 * shape.heads * (PROMPT_AND_QUESTION_TOKENS + 64))
-    assert whole - shared == 8 * (PROMPT_AND_QUESTION_TOKENS - PROMPT_AND_QUESTION_TOKENS // 4) * shape.layers * per_token
+    longer = 4 * (16 * shape.hidden + 4 * shape.ffn + 2 * shape.heads * (PROMPT_AND_QUESTION_TOKENS + 128))
+    assert baking - healing == ((rows + 8 * 64) * longer - rows * per_token) * layers
     recipe = with_overrides(load_recipe(None), {"ffn_sparsity": 0.5, "bake_trains": "vectors"})
-    baking = with_overrides(recipe, {"bake": "mix"})
-    assert predicted_peak(shape, baking)["train"] > predicted_peak(shape, recipe)["train"]
+    baked = with_overrides(recipe, {"bake": "mix"})
+    assert predicted_peak(shape, baked)["train"] > predicted_peak(shape, recipe)["train"]
