@@ -122,8 +122,9 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
                      + 2 * quantized_bytes(shape, recipe) + LLAMA_RUNTIME_BYTES),
     }
     prunes = recipe.prune.ffn_sparsity > 0 or recipe.prune.head_sparsity > 0
-    if prunes or train.bake != "off":
-        answers = calibration.selected_questions * (1.25 if train.bake != "off" else 1)  # follow-ups when baking
+    bakes = train.bake != "off"
+    if prunes or bakes:
+        answers = calibration.selected_questions * (1.25 if bakes else 1)  # follow-ups when baking
         tokens = int(answers * calibration.answer_tokens)
         target_row = 6 * train.teacher_top_k + 4 if train.teacher_top_k else shape.vocab * 2
         if train.bakes_vectors_only:
@@ -136,7 +137,7 @@ def predicted_peak(shape: ModelShape, recipe: Recipe) -> dict[str, int]:
             extra = ADAMW_EXTRA_BYTES * (shape.parameters - frozen)
         stages["train"] = (base + tokens * target_row + extra
                            + training_activation_bytes(shape, train.batch_size, calibration.answer_tokens,
-                                                       earlier_answers=int(train.bake != "off")))
+                                                       earlier_answers=int(bakes)))
     return {**stages, "total": max(stages.values())}
 
 

@@ -115,28 +115,28 @@ def test_a_bake_runs_each_system_prompt_of_a_batch_once_and_steps_as_the_whole_b
                                           "mix", 0, 2)
     assert len(set(groups)) >= 3
     targets = answer_distributions(tiny_llama.fresh(), teacher, "cpu", dtype=torch.float32)
-    seen = []
+    grouped = []  # (system prompts, prefix length, sequences) of each pass of the grouped run
 
     def spy(model, batch, prefix_length, device):
-        seen.append(({groups[student.index(s)] for s in batch}, prefix_length, batch))
+        grouped.append(({groups[student.index(s)] for s in batch}, prefix_length, batch))
         return answer_logits(model, batch, prefix_length, device)
 
-    trained = {}
-    for by in (groups, None):
+    with monkeypatch.context() as m:
+        m.setattr(ppgguf.heal, "answer_logits", spy)
         model = tiny_llama.fresh()
-        with monkeypatch.context() as m:
-            m.setattr(ppgguf.heal, "answer_logits", spy)
-            history = heal(model, student, targets, steps=6, batch_size=4, lr=1e-2, seed=0, device="cpu",
-                           vectors_only=True, groups=by)
-        trained[by is None] = (history, model.state_dict())
-    grouped = seen[: len(seen) - 6]  # then the 6 ungrouped passes
+        history = heal(model, student, targets, steps=6, batch_size=4, lr=1e-2, seed=0, device="cpu",
+                       vectors_only=True, groups=groups)
+        weights = model.state_dict()
+    plain = tiny_llama.fresh()
+    plain_history = heal(plain, student, targets, steps=6, batch_size=4, lr=1e-2, seed=0, device="cpu",
+                         vectors_only=True)
+    plain_weights = plain.state_dict()
     assert len(grouped) > 6
     for systems, prefix_length, batch in grouped:
         assert len(systems) == 1  # one system prompt a pass
         system = chat_tokenizer.encode(next(iter(systems)))
         assert prefix_length == shared_prefix_length(batch) >= len(system)  # run once for the part
     # The same steps as whole batches: the parts' gradients add up to the batch's.
-    (history, weights), (plain_history, plain_weights) = trained[False], trained[True]
     assert history == pytest.approx(plain_history, rel=1e-4)
     assert all(torch.allclose(weights[k], plain_weights[k], atol=1e-5) for k in weights)
 
