@@ -9,7 +9,7 @@ character's held-out questions (the paper's own questions, never used in calibra
   (all-MiniLM-L6-v2) is the right character, among all ten RoleBench characters;
 - general knowledge: multiple-choice accuracy by log-likelihood (ppgguf/data/general_knowledge.jsonl).
 
-Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.fidelity, the
+Every model is exported to an F16 GGUF and measured through llama.cpp with ppgguf.evaluation.fidelity, the
 same code as `ppgguf eval`. Methods: random, magnitude, wanda-sp (generic calibration text),
 wanda-sp on the persona calibration data (ablation: the data without mask learning), persona
 (STE mask learning, KL to the dense model: what `ppgguf build` does) and optionally persona-ce
@@ -27,7 +27,7 @@ the generic baselines are not (they have no persona data).
     python benchmarks/fidelity.py --methods --sparsities 0 --bake mix --quant Q4_1 --embedding-quant Q5_1   # the persona
                                                       # in the weights, against the default build (SmolLM2)
 
-`--bake MODE...` adds the baked condition (ppgguf.bake) per sparsity: the model trained without the
+`--bake MODE...` adds the baked condition (ppgguf.pruning.bake) per sparsity: the model trained without the
 persona prompt, asked as the baked file is used (its short system prompt, "baked-MODE"), with
 node-llama-cpp's default assistant prompt ("+generic", never trained on) and with the full persona
 prompt ("+card"); every KL is to the dense model asked WITH the persona prompt. "dense-unprompted"
@@ -49,21 +49,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ppgguf import fidelity
-from ppgguf.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, short_prompt, template_system_prompt
-from ppgguf.base import load_base
-from ppgguf.calibrate import (answer_sequences, bake_conversations, cached_followups, cached_persona_calibration,
-                              generic_sequences)
-from ppgguf.imatrix import collect_imatrix
-from ppgguf.quantize import quantize
-from ppgguf.decode import greedy_answer
-from ppgguf.export import export_gguf
-from ppgguf.llama_io import open_gguf
-from ppgguf.persona import persona_from_text
-from ppgguf.prune import Calibration, prune_model
+from ppgguf.build.pipeline import dense_teacher
+from ppgguf.calibration.answers import answer_sequences, cached_persona_calibration
+from ppgguf.calibration.followups import bake_conversations, cached_followups
+from ppgguf.calibration.generic import generic_sequences
+from ppgguf.evaluation import fidelity
+from ppgguf.export.imatrix import collect_imatrix
+from ppgguf.export.quantize import quantize
+from ppgguf.export.writer import export_gguf
+from ppgguf.inputs.base import load_base
+from ppgguf.inputs.persona import persona_from_text
+from ppgguf.inputs.tokenizer import ChatTokenizer
+from ppgguf.llama.decode import greedy_answer
+from ppgguf.llama.keys import BAKE_OFF, baked
+from ppgguf.llama.runtime import open_gguf
+from ppgguf.pruning.bake import NODE_LLAMA_CPP_SYSTEM_PROMPT, bake_pairs, short_prompt, template_system_prompt
+from ppgguf.pruning.prune import Calibration, prune_model
 from ppgguf.recipe import load_recipe, with_overrides
 from ppgguf.stages import StageClock
-from ppgguf.tokenizer import ChatTokenizer
 
 EVAL_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "paper-eval"
 ROLEBENCH_NAMES = ["Jack Torrance", "Violet Weston", "Twilight Sparkle", "Blair Waldorf", "James Brown",
@@ -114,7 +117,7 @@ def prune_for(method: str, base_model, persona_seqs, generic, recipe, sparsity: 
 
 
 def measure_model(path: Path, dense, tokenizer, system_prompt, sequences, spans, prompts, embed, desc, others, gk):
-    """`dense`: the dense model, or its answer log-probabilities with the persona prompt (ppgguf.fidelity)."""
+    """`dense`: the dense model, or its answer log-probabilities with the persona prompt (ppgguf.evaluation.fidelity)."""
     llm = open_gguf(path, n_ctx=2048, logits_all=True)
     try:
         kl = fidelity.teacher_forced_kl(dense, llm, sequences, spans)["kl_mean"]
@@ -131,12 +134,13 @@ def bake_rows(mode: str, sparsity: float, quant: str | None, embedding_quant: st
               recipe, work: Path, reference, questions, held_out, measure, with_prompted: bool = True) -> dict:
     """The baked condition (module doc): rows keyed 'baked-MODE[+generic|+card]@SPARSITY' (and 'prompted@' with
     --quant); `reference`: the dense model's answer log-probabilities with the persona prompt."""
-    followups = cached_followups(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, examples)
+    followups = cached_followups(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, examples,
+                                 dense_teacher=dense_teacher(base, recipe.calibration.teacher))
     pairs = bake_pairs(tokenizer, persona, bake_conversations(persona, examples, followups), mode, recipe.prune.seed,
                        recipe.train.bake_prompt_words)
     persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
     rows = {}
-    models = {"prompted": "off", f"baked-{mode}": mode} if quant and with_prompted else {f"baked-{mode}": mode}
+    models = {"prompted": BAKE_OFF, f"baked-{mode}": mode} if quant and with_prompted else {f"baked-{mode}": mode}
     for label, bake in models.items():
         t0 = time.perf_counter()
         model = prune_model(copy.deepcopy(base.model), with_overrides(recipe, {
@@ -151,7 +155,7 @@ def bake_rows(mode: str, sparsity: float, quant: str | None, embedding_quant: st
             path = work / f"{label}.{quant}.gguf"
         # Asked as the file's template asks it, and a baked file also with a foreign prompt and the card.
         systems = {"": template_system_prompt(persona, bake, recipe.train.bake_prompt_words)}
-        if bake != "off":
+        if baked(bake):
             systems.update({"+generic": NODE_LLAMA_CPP_SYSTEM_PROMPT, "+card": persona.system_prompt})
         for suffix, system in systems.items():
             asked = asked_with(tokenizer, system, questions, held_out)
@@ -205,8 +209,9 @@ def main() -> None:
         persona_seqs, examples = [], []
         if NEEDS_PERSONA_CALIBRATION & set(args.methods) or args.bake:
             started = time.perf_counter()
+            progress = lambda m: print(f"  {m}", file=sys.stderr)  # noqa: E731
             examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
-                                                  lambda m: print(f"  {m}", file=sys.stderr))
+                                                  progress, dense_teacher(base, recipe.calibration.teacher, progress))
             persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
             print(f"{character['name']}: {len(persona_seqs)} calibration examples in "
                   f"{time.perf_counter() - started:.0f}s", file=sys.stderr)

@@ -35,18 +35,21 @@ from pathlib import Path
 import numpy as np
 from fidelity import ROLEBENCH_NAMES, held_out_answers, load_character, prune_for
 
-from ppgguf import fidelity
-from ppgguf.base import load_base
-from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
-from ppgguf.decode import greedy_answer
-from ppgguf.export import export_gguf
-from ppgguf.imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
-from ppgguf.llama_io import open_gguf
-from ppgguf.persona import persona_from_text
-from ppgguf.quantize import QUANT_TYPES, quantize, uses_imatrix
+from ppgguf.build.pipeline import dense_teacher
+from ppgguf.calibration.answers import answer_sequences, cached_persona_calibration
+from ppgguf.calibration.generic import generic_sequences
+from ppgguf.evaluation import fidelity
+from ppgguf.evaluation.speed import speed_sample
+from ppgguf.export.imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
+from ppgguf.export.quantize import quantize
+from ppgguf.export.writer import export_gguf
+from ppgguf.inputs.base import load_base
+from ppgguf.inputs.persona import persona_from_text
+from ppgguf.inputs.tokenizer import ChatTokenizer
+from ppgguf.llama.decode import greedy_answer
+from ppgguf.llama.quant_types import QUANT_TYPES, uses_imatrix
+from ppgguf.llama.runtime import open_gguf
 from ppgguf.recipe import load_recipe
-from ppgguf.speed import speed_sample
-from ppgguf.tokenizer import ChatTokenizer
 
 # The types whose SmolLM2 files differ in size; IQ3_M, Q3_K_S, IQ2_M and others land within 2 MiB of
 # these (its 576-wide rows fall back from 256-blocks, and the Q8_0 token embedding is a third of the file).
@@ -121,8 +124,9 @@ def measure_character(index: int, args, recipe, base, tokenizer, generic, embed,
     persona_seqs = []
     kinds = args.imatrix + args.pruned_imatrix + [f.split(":")[1] for f in args.files or []]
     if any(kind.startswith("persona") for kind in kinds) or any(args.sparsities):
-        examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed,
-                                              lambda m: print(f"  {m}", file=sys.stderr))
+        progress = lambda m: print(f"  {m}", file=sys.stderr)  # noqa: E731
+        examples = cached_persona_calibration(base, tokenizer, persona, recipe.calibration, recipe.prune.seed, progress,
+                                              dense_teacher(base, recipe.calibration.teacher, progress))
         persona_seqs = answer_sequences(tokenizer, persona.system_prompt, examples)
     dense_path = work / "dense.f16.gguf"
     if not dense_path.is_file():

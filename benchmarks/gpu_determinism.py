@@ -17,11 +17,11 @@ import warnings
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ppgguf import heal as heal_module
-from ppgguf.importance import SCORERS, ScoringInputs
-from ppgguf.importance import persona as persona_scorer
-from ppgguf.plan import make_plan
-from ppgguf.surgery import apply_plan
+from ppgguf.pruning import heal as heal_module
+from ppgguf.pruning.importance import SCORERS, ScoringInputs
+from ppgguf.pruning.importance import persona as persona_scorer
+from ppgguf.pruning.plan import make_plan
+from ppgguf.pruning.surgery import apply_plan
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from fidelity import load_character
-from ppgguf.answer_batches import answer_logits, shared_prefix_length
-from ppgguf.base import load_base
-from ppgguf.calibrate import answer_sequences, question_pool
-from ppgguf.importance.persona import _Masks
-from ppgguf.persona import persona_from_text
-from ppgguf.tokenizer import ChatTokenizer
+from ppgguf.calibration.answers import answer_sequences
+from ppgguf.calibration.batches import answer_logits, shared_prefix_length
+from ppgguf.calibration.questions import question_pool
+from ppgguf.inputs.base import load_base
+from ppgguf.inputs.persona import persona_from_text
+from ppgguf.inputs.tokenizer import ChatTokenizer
+from ppgguf.pruning.importance.persona import _Masks
 
 ANSWER = "Well, I suppose that depends on the day and on who is asking me, friend. " * 5
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from ppgguf.answer_batches import answer_distributions, shared_prefix_length
-from ppgguf.base import load_base
-from ppgguf.heal import heal
-from ppgguf.importance import SCORERS, ScoringInputs
-from ppgguf.importance import persona as persona_scorer
-from ppgguf.plan import make_plan
-from ppgguf.surgery import apply_plan
+from ppgguf.calibration.batches import answer_distributions, shared_prefix_length
+from ppgguf.inputs.base import load_base
+from ppgguf.pruning.heal import heal
+from ppgguf.pruning.importance import SCORERS, ScoringInputs
+from ppgguf.pruning.importance import persona as persona_scorer
+from ppgguf.pruning.plan import make_plan
+from ppgguf.pruning.surgery import apply_plan
 
 # name -> changes from `default`: 32 mask steps of 8 at lr 0.05, 128 questions, no heal (healing at
 # lr 5e-5 unless heal_lr says otherwise). The default recipe is now `steps24-heal24-lr2e-4`.
@@ -71,12 +71,14 @@ def write_data(path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from fidelity import held_out_answers, load_character
 
-    from ppgguf.calibrate import answer_sequences, cached_persona_calibration, generic_sequences
-    from ppgguf.export import export_gguf
-    from ppgguf.llama_io import open_gguf
-    from ppgguf.persona import persona_from_text
+    from ppgguf.build.pipeline import dense_teacher
+    from ppgguf.calibration.answers import answer_sequences, cached_persona_calibration
+    from ppgguf.calibration.generic import generic_sequences
+    from ppgguf.export.writer import export_gguf
+    from ppgguf.inputs.persona import persona_from_text
+    from ppgguf.inputs.tokenizer import ChatTokenizer
+    from ppgguf.llama.runtime import open_gguf
     from ppgguf.recipe import load_recipe, with_overrides
-    from ppgguf.tokenizer import ChatTokenizer
 
     recipe = load_recipe("default")
     work = Path(tempfile.mkdtemp(prefix="ppgguf-sweep-"))
@@ -91,7 +93,8 @@ def write_data(path: Path) -> None:
         row = {"name": character["name"]}
         for count in (128, 192):
             settings = with_overrides(recipe, {"selected_questions": count}).calibration
-            examples = cached_persona_calibration(base, tokenizer, persona, settings, recipe.prune.seed, print)
+            examples = cached_persona_calibration(base, tokenizer, persona, settings, recipe.prune.seed, print,
+                                                  dense_teacher(base, settings.teacher, print))
             row[f"train{count}"] = answer_sequences(tokenizer, persona.system_prompt, examples)
         answers = held_out_answers(dense, tokenizer, persona.system_prompt, character["questions"])
         row["held_out"] = [(p + a, len(p)) for p, a in answers]

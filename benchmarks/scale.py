@@ -1,4 +1,4 @@
-"""Time and memory of `ppgguf build` per base model and recipe, against ppgguf.memory's prediction.
+"""Time and memory of `ppgguf build` per base model and recipe, against ppgguf.build.memory's prediction.
 
 Each build runs alone in a fresh process (`ppgguf build --json`) and reports its seconds and peak
 resident memory per stage; the table puts the measured peak beside the one `ppgguf build` predicted
@@ -28,7 +28,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ppgguf.memory import GiB, ModelShape, predicted_peak
+from ppgguf.build.memory import GiB, predicted_peak
+from ppgguf.inputs.shapes import ModelShape
 from ppgguf.recipe import load_recipe, with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def predict_table() -> Table:
     recipes = (default, pruning, top_k, layers_only, adapters)
     table = Table("model", "parameters", "default GiB", "FFN 0.5 healed GiB", "+ top-64 targets GiB",
                   "+ embeddings not trained GiB", "top-64 + rank-16 adapters GiB",
-                  title="Predicted peak resident memory of ppgguf build (ppgguf.memory)")
+                  title="Predicted peak resident memory of ppgguf build (ppgguf.build.memory)")
     for name in PUBLISHED:
         shape = published_shape(name)
         peaks = [predicted_peak(shape, recipe)["total"] / GiB for recipe in recipes]

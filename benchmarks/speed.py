@@ -3,7 +3,7 @@
 Builds examples/captain_mirela.txt on the default base model, dense (sparsity 0) and pruned
 (FFN sparsity 0.25 / 0.5, each with and without head sparsity 0.33), for each quant type, with the
 data-free `magnitude` scorer (speed does not depend on which channels are kept), then measures each
-pruned file against the dense one of the same type with `ppgguf.evaluate.bench` (interleaved runs,
+pruned file against the dense one of the same type with `ppgguf.use.bench.bench` (interleaved runs,
 medians) and prints decode tok/s, prompt tok/s, size, speed-up and the bytes-moved bound.
 
     .venv/bin/python benchmarks/speed.py                         # everything (slow on 2 cores)
@@ -20,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ppgguf.build import BuildOptions, build
-from ppgguf.evaluate import bench
+from ppgguf.build.pipeline import BuildOptions, build
+from ppgguf.use.bench import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARACTER = ROOT / "examples" / "captain_mirela.txt"

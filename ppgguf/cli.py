@@ -93,15 +93,16 @@ def build(
 
         ppgguf build mirela.txt --ffn-sparsity 0 --head-sparsity 0 --quant F16   # dense reference
     """
-    from .bake import BAKE_FLAG_MODE
-    from .build import BuildOptions, build_many
+    from .llama.keys import BAKE_OFF
+    from .pruning.bake import BAKE_FLAG_MODE
+    from .build.pipeline import BuildOptions, build_many
 
     overrides = {
         "base": base, "method": method, "ffn_sparsity": ffn_sparsity, "head_sparsity": head_sparsity,
         "quant": quant, "imatrix": imatrix, "embedding_quant": embedding_quant, "seed": seed,
         "uniform": False if per_layer else None,
         "teacher": str(teacher) if teacher else None, "heal": heal, "target_size_mib": target_size,
-        "bake": None if bake is None else (BAKE_FLAG_MODE if bake else "off"),
+        "bake": None if bake is None else (BAKE_FLAG_MODE if bake else BAKE_OFF),
     }
     if out and len(characters) > 1:
         _fail("--out names one file: with several characters each GGUF is written beside its character file")
@@ -136,6 +137,8 @@ def _build_with_status(run_build, options):
 
 
 def _print_build_summary(result) -> None:
+    from .llama.keys import baked
+
     r = result.report
     params, val = r["parameters"], r["validation"]
     embedding = f", embedding and output {r['recipe']['embedding_quant']}" if r["recipe"].get("embedding_quant") else ""
@@ -143,7 +146,7 @@ def _print_build_summary(result) -> None:
                   f"({r['file_bytes'] / 2**20:.1f} MiB, {r['recipe']['quant']}{embedding}, {r['architecture']})")
     console.print(f"parameters {params['dense']:,} -> {params['pruned']:,} ({params['kept_fraction']:.1%} kept)")
     console.print(f"llama.cpp vs PyTorch: top-1 {val['top1']:.1%}, mean KL {val['kl_mean']:.4f} over {val['positions']} positions")
-    if r["bake"]["mode"] != "off":
+    if baked(r["bake"]["mode"]):
         console.print(f"persona baked into the weights ({r['bake']['mode']}): the template sends "
                       f"{escape(repr(r['bake']['template_system_prompt']))} in place of the persona prompt")
     repetition = val.get("repetition")
@@ -172,7 +175,7 @@ def inspect(
 
         ppgguf inspect captain_mirela.gguf
     """
-    from .inspect import inspect_gguf
+    from .use.inspect import inspect_gguf
 
     info = _run(lambda: inspect_gguf(file), debug)
     if json_out:
@@ -212,8 +215,8 @@ def eval_command(
 
         ppgguf eval npc.gguf --against dense.gguf
     """
-    from .evaluate import evaluate
-    from .render import render_eval
+    from .use.evaluate import evaluate
+    from .use.render import render_eval
 
     report = _run(lambda: evaluate(npc, against, questions, n=n, seed=seed, system_prompt=system_prompt,
                                    max_tokens=max_tokens, threads=threads), debug)
@@ -239,8 +242,8 @@ def bench(
 
         ppgguf bench npc.gguf --against dense.gguf --reps 10
     """
-    from .evaluate import bench as run_bench
-    from .render import render_bench
+    from .use.bench import bench as run_bench
+    from .use.render import render_bench
 
     report = _run(lambda: run_bench(npc, against, reps=reps, n_decode=tokens, threads=threads), debug)
     if json_out:
@@ -272,8 +275,8 @@ def chat(
 
         printf 'Who are you?\\n' | ppgguf chat captain_mirela.gguf --json
     """
-    from .chat import ChatSession
-    from .repl import run_repl
+    from .use.chat import ChatSession
+    from .use.repl import run_repl
 
     session = _run(lambda: ChatSession(npc, system=system, n_ctx=ctx, max_tokens=max_tokens,
                                        temperature=temperature, top_p=top_p, seed=seed), debug)

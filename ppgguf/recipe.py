@@ -10,97 +10,122 @@ recipe loads or an option overrides it, so a typo never passes silently or fails
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, NamedTuple, get_type_hints
 
 from .errors import UserError
-from .importance import check_method
-from .plan import check_sparsity
-from .quantize import AUTO, check_embedding_type, check_imatrix_needed, check_quant_type
+from .llama.keys import baked
+from .llama.quant_types import AUTO, check_embedding_type, check_imatrix_needed, check_quant_type
 
-LOSSES = ("kl", "ce")
-IMATRIX_KINDS = ("none", "persona", "generic")  # which calibration text the importance matrix is taken on
-BAKE_MODES = ("off", "name", "mix")  # the persona in the weights: not, with the short prompt, or a mix of prompts (ppgguf.bake)
-BAKE_TRAINS = ("vectors", "weights")  # what baking trains (ppgguf.heal)
+# What a knob decides, so which run key it enters (ppgguf.build.pipeline): a PLAN knob the pruning plan and
+# everything after it; a WEIGHTS knob only the trained weights; a FILE knob only the quantized file.
+PLAN, WEIGHTS, FILE = "plan", "weights", "file"
+# What chooses a knob in place of the user: a size target (`--target-size`), or quant "auto" (its types).
+TARGET, AUTO_QUANT = "target", "auto"
+
+
+def knob(order: int, stage: str, *, flat: str | None = None, choices: tuple[str, ...] = (),
+         refusal: str = "unknown {name} '{value}'; use one of: {choices}", chosen_by: tuple[str, ...] = ()) -> Any:
+    """A recipe knob, declared once on its section's field: `order`, its place in `Recipe.to_json` (a new knob
+    takes the next number); `stage`, PLAN, WEIGHTS or FILE; `flat`, its name in reports and overrides where not
+    the field's; `choices`, its values where they are a fixed set (`refusal` refuses another); `chosen_by`,
+    TARGET and/or AUTO_QUANT where those choose it."""
+    return field(metadata={"order": order, "stage": stage, "flat": flat, "choices": choices, "refusal": refusal,
+                           "chosen_by": chosen_by})
 
 
 @dataclass(frozen=True)
 class BaseSection:
-    model: str
+    model: str = knob(0, PLAN, flat="base")
 
 
 @dataclass(frozen=True)
 class PruneSection:
-    method: str  # an importance scorer (ppgguf.importance)
-    ffn_sparsity: float
-    head_sparsity: float
-    uniform: bool  # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
-    seed: int
+    # an importance scorer (ppgguf.pruning.importance, whose registry a test holds to these choices)
+    method: str = knob(1, PLAN, choices=("persona", "wanda-sp", "magnitude", "random"),
+                       refusal="unknown method '{value}'; choose one of: {choices}")
+    ffn_sparsity: float = knob(2, PLAN, chosen_by=(TARGET,))
+    head_sparsity: float = knob(3, PLAN, chosen_by=(TARGET,))
+    # same kept widths in every layer (plain `llama` GGUF) or per layer (`deci`)
+    uniform: bool = knob(4, PLAN, chosen_by=(TARGET,))
+    seed: int = knob(6, PLAN)
 
 
 @dataclass(frozen=True)
 class CalibrationSection:
     # Persona calibration (Persona-Pruner stage 1).
-    candidate_questions: int  # pool questions scored by divergence
-    reference_personas: int  # personas the divergence is measured against
-    selected_questions: int  # the most persona-sensitive ones, answered by the teacher
-    answer_tokens: int
-    teacher_temperature: float
-    teacher: str  # a GGUF answering in voice; empty = the dense base model
+    candidate_questions: int = knob(9, PLAN)  # pool questions scored by divergence
+    reference_personas: int = knob(10, PLAN)  # personas the divergence is measured against
+    selected_questions: int = knob(11, PLAN)  # the most persona-sensitive ones, answered by the teacher
+    answer_tokens: int = knob(12, PLAN)
+    teacher_temperature: float = knob(13, PLAN)
+    teacher: str = knob(14, PLAN)  # a GGUF answering in voice; empty = the dense base model
     # Generic calibration text for activation-aware scorers (wanda-sp).
-    generic_sequences: int
-    sequence_length: int
+    generic_sequences: int = knob(7, PLAN)
+    sequence_length: int = knob(8, PLAN)
 
 
 @dataclass(frozen=True)
 class TrainSection:
     # Mask learning (Persona-Pruner stage 2).
-    steps: int
-    batch_size: int
-    lr: float
-    loss: str  # "kl" (distil the dense model) or "ce" (cross-entropy on the answers)
-    # Recovery finetuning of the kept weights after surgery (`--heal`).
-    heal: bool
-    heal_steps: int
-    heal_lr: float
-    teacher_top_k: int  # 0: the dense model's whole distributions as targets; k: their top k + the rest (ppgguf.distill)
-    # The persona in the weights (`--bake`, ppgguf.bake), pruned or not: its own steps and rate, as it trains
-    # a model that may have lost nothing (benchmarks/fidelity.py --bake).
-    bake: str
-    bake_steps: int
-    bake_lr: float
-    # "vectors": baking trains only the norm scales (and Qwen2's attention biases), which every GGUF keeps in
-    # F32, so the matrices stay the source's own and quantizing keeps the bake; "weights": every weight.
-    bake_trains: str
+    steps: int = knob(15, PLAN)
+    batch_size: int = knob(16, PLAN)
+    lr: float = knob(17, PLAN)
+    loss: str = knob(18, PLAN, choices=("kl", "ce"),  # distil the dense model, or cross-entropy on the answers
+                     refusal="unknown loss '{value}'; use \"kl\" or \"ce\"")
+    heal: bool = knob(19, WEIGHTS)  # recovery finetuning of the kept weights after surgery (`--heal`)
+    heal_steps: int = knob(20, WEIGHTS)
+    heal_lr: float = knob(21, WEIGHTS)
+    # 0: the dense model's whole distributions as targets; k: their top k + the rest (ppgguf.calibration.distill)
+    teacher_top_k: int = knob(25, PLAN)
+    # The persona in the weights (`--bake`, ppgguf.pruning.bake), pruned or not: its own steps and rate, as it
+    # trains a model that may have lost nothing (benchmarks/fidelity.py --bake). "off": not; "name": with the
+    # short prompt; "mix": a mix of prompts.
+    bake: str = knob(26, WEIGHTS, choices=("off", "name", "mix"),
+                     refusal="unknown bake mode '{value}'; use one of: {choices}")
+    bake_steps: int = knob(27, WEIGHTS)
+    bake_lr: float = knob(28, WEIGHTS)
+    # "vectors": baking trains only the norm scales (and Qwen2's attention biases), kept in F32 by every GGUF, so
+    # the matrices stay the source's own and quantizing keeps the bake; "weights": every weight (ppgguf.pruning.heal).
+    bake_trains: str = knob(32, WEIGHTS, choices=("vectors", "weights"))
     # The baked file's template sends "You are NAME." and the description's first bake_prompt_words words
-    # when a conversation has no system message, and baking trains on that prompt (ppgguf.bake.short_prompt).
-    bake_prompt_words: int
+    # when a conversation has no system message, and baking trains on that prompt (ppgguf.pruning.bake.short_prompt).
+    bake_prompt_words: int = knob(33, WEIGHTS)
     # Healing and baking also train the token embedding and output matrices (AdamW: 16 bytes a trained
     # parameter instead of 4; they are 21% of SmolLM2-135M and 43% of Qwen2.5-0.5B); false trains the layers only.
-    train_embeddings: bool
+    train_embeddings: bool = knob(29, WEIGHTS)
     # 0: healing and baking train the weights themselves; r: LoRA adapters of rank r on every attention and
     # FFN projection instead (peft), merged into the weights before export: 16 bytes a trained parameter for
     # the adapters only, the weights stay at 4 and get no gradient.
-    adapter_rank: int
+    adapter_rank: int = knob(31, WEIGHTS)
+
+    @property
+    def bakes(self) -> bool:
+        """Whether the build trains the character into the weights (any bake mode but "off")."""
+        return baked(self.bake)
 
     @property
     def bakes_vectors_only(self) -> bool:
         """Baking (which replaces healing) trains the 1-D parameters alone: no weight or adapter trains."""
-        return self.bake != "off" and self.bake_trains == "vectors"
+        return self.bakes and self.bake_trains == "vectors"
 
 
 @dataclass(frozen=True)
 class ExportSection:
-    quant: str  # a llama.cpp quant type, upper case, or "auto": chosen with imatrix and embedding_quant (ppgguf.sizing)
-    imatrix: str  # importance matrix for the quantizer: "none", "persona" or "generic" (ppgguf.imatrix)
-    embedding_quant: str  # the token embedding's and output matrix's type; "": the quant mix's own choice
-    target_size_mib: float  # 0: build the knobs as set; else the best measured configuration within it (ppgguf.sizing)
+    # a llama.cpp quant type, upper case, or "auto": chosen with imatrix and embedding_quant (ppgguf.export.sizing)
+    quant: str = knob(5, FILE, chosen_by=(TARGET,))
+    # importance matrix for the quantizer: which calibration text it is taken on (ppgguf.export.imatrix)
+    imatrix: str = knob(23, FILE, choices=("none", "persona", "generic"), chosen_by=(TARGET, AUTO_QUANT))
+    # the token embedding's and output matrix's type; "": the quant mix's own choice
+    embedding_quant: str = knob(30, FILE, chosen_by=(TARGET, AUTO_QUANT))
+    # 0: build the knobs as set; else the best measured configuration within it (ppgguf.export.sizing)
+    target_size_mib: float = knob(24, FILE)
 
 
 @dataclass(frozen=True)
 class ValidateSection:
-    prompts: int  # fixed prompts compared between PyTorch and llama.cpp
+    prompts: int = knob(22, FILE, flat="validation_prompts")  # fixed prompts compared between PyTorch and llama.cpp
 
 
 @dataclass(frozen=True)
@@ -118,33 +143,46 @@ class Recipe:
         """The knobs as one flat dict (FLAT_KEYS order): run-directory keys and reports are hashed from it."""
         return {flat: getattr(getattr(self, section), key) for flat, (section, key) in FLAT_KEYS.items()}
 
+    def knobs(self, stage: str) -> dict[str, Any]:
+        """The flat knobs that decide `stage` (PLAN, WEIGHTS or FILE), in FLAT_KEYS order."""
+        return {flat: value for flat, value in self.to_json().items() if KNOBS[flat].stage == stage}
 
-# Flat knob name (reports, command-line overrides) -> (TOML table, key). The order is that of
-# `Recipe.to_json`, which run keys are hashed from: do not reorder.
-FLAT_KEYS = {
-    "base": ("base", "model"),
-    **{key: ("prune", key) for key in ("method", "ffn_sparsity", "head_sparsity", "uniform")},
-    "quant": ("export", "quant"),
-    "seed": ("prune", "seed"),
-    **{key: ("calibration", key) for key in ("generic_sequences", "sequence_length", "candidate_questions",
-                                             "reference_personas", "selected_questions", "answer_tokens",
-                                             "teacher_temperature", "teacher")},
-    **{key: ("train", key) for key in ("steps", "batch_size", "lr", "loss", "heal", "heal_steps", "heal_lr")},
-    "validation_prompts": ("validate", "prompts"),
-    "imatrix": ("export", "imatrix"),
-    "target_size_mib": ("export", "target_size_mib"),
-    "teacher_top_k": ("train", "teacher_top_k"),
-    "bake": ("train", "bake"),
-    "bake_steps": ("train", "bake_steps"),
-    "bake_lr": ("train", "bake_lr"),
-    "train_embeddings": ("train", "train_embeddings"),
-    "embedding_quant": ("export", "embedding_quant"),
-    "adapter_rank": ("train", "adapter_rank"),
-    "bake_trains": ("train", "bake_trains"),
-    "bake_prompt_words": ("train", "bake_prompt_words"),
-}
+
+class Knob(NamedTuple):
+    """One knob's declaration, read from its field."""
+    flat: str
+    section: str
+    field: str
+    stage: str
+    choices: tuple[str, ...]
+    refusal: str
+    chosen_by: tuple[str, ...]
+
+
 # TOML table -> its dataclass (the annotations are strings under `from __future__ import annotations`).
 SECTIONS: dict[str, type] = get_type_hints(Recipe)
+
+
+def _declared_knobs() -> dict[str, Knob]:
+    declared = sorted(((f.metadata["order"], Knob(f.metadata["flat"] or f.name, section, f.name, f.metadata["stage"],
+                                                   f.metadata["choices"], f.metadata["refusal"], f.metadata["chosen_by"]))
+                       for section, cls in SECTIONS.items() for f in fields(cls)), key=lambda pair: pair[0])
+    if [order for order, _ in declared] != list(range(len(declared))):
+        raise RuntimeError("recipe knobs must be numbered 0, 1, 2, ... each once")
+    return {knob.flat: knob for _, knob in declared}
+
+
+# Flat knob name (reports, command-line overrides) -> its declaration; -> (TOML table, key). `Recipe.to_json` order.
+KNOBS = _declared_knobs()
+FLAT_KEYS = {flat: (knob.section, knob.field) for flat, knob in KNOBS.items()}
+# The knobs a size target chooses (refused beside --target-size), and those quant "auto" chooses with the type.
+CHOSEN_BY_TARGET = tuple(flat for flat, knob in KNOBS.items() if TARGET in knob.chosen_by)
+CHOSEN_BY_AUTO = tuple(flat for flat, knob in KNOBS.items() if AUTO_QUANT in knob.chosen_by)
+
+
+def check_sparsity(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise UserError(f"{name} must be in [0, 1), got {value}; e.g. 0.5 removes half")
 
 
 def recipes_dir() -> Path:
@@ -210,8 +248,8 @@ def with_overrides(recipe: Recipe, overrides: dict[str, Any], where: str = "opti
             continue
         if key not in FLAT_KEYS:
             raise UserError(f"{where}: unknown recipe key '{key}'; known: {', '.join(FLAT_KEYS)}")
-        section, field = FLAT_KEYS[key]
-        tables[section][field] = checked(key, value, get_type_hints(SECTIONS[section])[field], where)
+        section, name = FLAT_KEYS[key]
+        tables[section][name] = checked(key, value, get_type_hints(SECTIONS[section])[name], where)
     return _validated(_recipe(tables), None)
 
 
@@ -235,19 +273,14 @@ def _validated(recipe: Recipe, where: str | None) -> Recipe:
     options, and knobs are named by their flags.
     """
     try:
-        check_method(recipe.prune.method)
-        if recipe.train.loss not in LOSSES:
-            raise UserError(f"unknown loss '{recipe.train.loss}'; use \"kl\" or \"ce\"")
+        for knob in KNOBS.values():
+            value = getattr(getattr(recipe, knob.section), knob.field)
+            if knob.choices and value not in knob.choices:
+                raise UserError(knob.refusal.format(name=knob.flat, value=value, choices=", ".join(knob.choices)))
         quant = check_quant_type(recipe.export.quant, auto=True)
-        if recipe.export.imatrix not in IMATRIX_KINDS:
-            raise UserError(f"unknown imatrix '{recipe.export.imatrix}'; use one of: {', '.join(IMATRIX_KINDS)}")
         if quant != AUTO:
             check_imatrix_needed(quant, recipe.export.imatrix != "none")
         embedding_quant = check_embedding_type(recipe.export.embedding_quant) if recipe.export.embedding_quant else ""
-        if recipe.train.bake not in BAKE_MODES:
-            raise UserError(f"unknown bake mode '{recipe.train.bake}'; use one of: {', '.join(BAKE_MODES)}")
-        if recipe.train.bake_trains not in BAKE_TRAINS:
-            raise UserError(f"unknown bake_trains '{recipe.train.bake_trains}'; use one of: {', '.join(BAKE_TRAINS)}")
     except UserError as err:
         raise UserError(f"{where}: {err}" if where else str(err)) from None
     if recipe.train.teacher_top_k < 0:

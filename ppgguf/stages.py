@@ -1,13 +1,12 @@
-"""Stage timing and progress messages of a build: what the user sees while it runs."""
+"""Stage timing and progress messages of a build (what the user sees while it runs), and the
+process's resident memory: what each stage peaks at, and handing freed memory back between stages."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from typing import Any, Callable
-
-from .memory import release_freed_memory
-from .speed import current_rss_bytes, peak_rss_bytes
 
 Progress = Callable[[str], None]
 
@@ -96,3 +95,55 @@ def step_reporter(what: str, progress: Progress) -> Callable[[int, int, float], 
         progress(StepMessage(f"{what}: step {step}/{steps}, loss {loss:.4f}, {eta}"))
 
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Resident memory of this process
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_bytes() -> int:
+    kib = _proc_status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_bytes() -> int:
+    kib = _proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a finished stage back to the system (glibc keeps freed heap memory otherwise,
+    and the next stage's peak stacks on top of it); a no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

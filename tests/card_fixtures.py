@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ppgguf.errors import UserError
-from ppgguf.persona import load_persona
+from ppgguf.inputs.persona import load_persona
 
 DESC = "A weathered sea captain who speaks in short, salty sentences and distrusts the navy."
 

@@ -1,7 +1,7 @@
 """Shared fixtures: an empty ppgguf home per test, and the tiny models of `tiny_models` as checkpoints.
 
 The tiny models are built in memory (no hub), once per session, and saved as Hugging Face checkpoint
-directories so `ppgguf.base.load_base` exercises its HF-directory path.
+directories so `ppgguf.inputs.base.load_base` exercises its HF-directory path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Tiny:
     family: str
     dir: Path  # a Hugging Face checkpoint directory
     model: torch.nn.Module  # the dense model (do not modify: use `fresh()`)
-    base: object  # ppgguf.base.BaseModel loaded from `dir`
+    base: object  # ppgguf.inputs.base.BaseModel loaded from `dir`
     vocab_size: int
 
     def fresh(self) -> torch.nn.Module:
@@ -37,7 +37,7 @@ class Tiny:
 
 
 def _make_tiny(family: str, root: Path) -> Tiny:
-    from ppgguf.base import load_base
+    from ppgguf.inputs.base import load_base
 
     directory = root / f"tiny-{family}"
     vocab_size = write_tiny_tokenizer(directory)
@@ -77,6 +77,6 @@ def token_sequences(tiny_llama) -> list[list[int]]:
 
 @pytest.fixture(scope="session")
 def chat_tokenizer(tiny_llama):
-    from ppgguf.tokenizer import ChatTokenizer
+    from ppgguf.inputs.tokenizer import ChatTokenizer
 
     return ChatTokenizer(tiny_llama.base.tokenizer_spec, tiny_llama.base.vocab_gguf)

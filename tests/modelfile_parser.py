@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ppgguf.modelfile import go_is_print, go_is_space, go_rstrip
+from ppgguf.build.modelfile import go_is_print, go_is_space, go_rstrip
 
 
 def parse_modelfile(text: str) -> list[tuple[str, str]]:

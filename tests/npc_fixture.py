@@ -12,12 +12,12 @@ from pathlib import Path
 
 import gguf
 
-from ppgguf.base import resolve_base
-from ppgguf.chat_template import bake_chat_template
-from ppgguf.families import FAMILIES
-from ppgguf.gguf_file import read_header
-from ppgguf.sampling import sampling_metadata
-from ppgguf.tokenizer import TokenizerSpec
+from ppgguf.export.chat_template import bake_chat_template
+from ppgguf.inputs.base import resolve_base
+from ppgguf.inputs.families import FAMILIES
+from ppgguf.llama.reader import read_header
+from ppgguf.llama.sampling import sampling_metadata
+from ppgguf.llama.tokenizer_spec import TokenizerSpec
 from tiny_models import make_model
 
 NAME = "Captain Mirela Voss"
@@ -42,7 +42,7 @@ def base_spec() -> TokenizerSpec:
 def build_npc(directory: Path, system_prompt: str = SYSTEM_PROMPT, greeting: str | None = GREETING,
               bake: bool = True, name: str = "npc") -> Path:
     """Write `<directory>/<name>.gguf` (cached per arguments) and return its path."""
-    from ppgguf.export import export_gguf
+    from ppgguf.export.writer import export_gguf
 
     key = (str(directory), system_prompt, greeting, bake, name)
     if key in _cache and _cache[key].exists():

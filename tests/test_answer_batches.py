@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ppgguf.answer_batches import answer_logits, shared_prefix_length, split_by_group
-from ppgguf.calibrate import answer_sequences
+from ppgguf.calibration.answers import answer_sequences
+from ppgguf.calibration.batches import answer_logits, shared_prefix_length, split_by_group
 
 PERSONA = "You are Brannoc, a dwarf smith who speaks in short, gruff sentences about iron and fire."
 EXAMPLES = [
@@ -16,7 +16,7 @@ EXAMPLES = [
 
 
 def test_deterministic_kernels_are_switched_on_and_then_restored():
-    from ppgguf.answer_batches import deterministic_kernels
+    from ppgguf.calibration.batches import deterministic_kernels
 
     assert not torch.are_deterministic_algorithms_enabled()
     with deterministic_kernels():
@@ -57,8 +57,8 @@ def test_batched_answer_logits_and_gradients_equal_plain_forwards(tiny, chat_tok
 
 
 def test_wanda_norms_counted_through_batches_equal_one_pass_per_whole_sequence(tiny, chat_tokenizer):
-    from ppgguf.answer_batches import answer_distributions
-    from ppgguf.importance import wanda_sp
+    from ppgguf.calibration.batches import answer_distributions
+    from ppgguf.pruning.importance import wanda_sp
 
     model = tiny.fresh()
     sequences = answer_sequences(chat_tokenizer, PERSONA, EXAMPLES)

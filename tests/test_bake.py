@@ -1,4 +1,4 @@
-"""The character in the weights (ppgguf.bake): the training pairs, the loss it lowers, the built file."""
+"""The character in the weights (ppgguf.pruning.bake): the training pairs, the loss it lowers, the built file."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from typer.testing import CliRunner
 
-from ppgguf.answer_batches import answer_distributions, answer_logits, shared_prefix_length
-from ppgguf.bake import GENERIC_SYSTEM_PROMPTS, bake_pairs, short_prompt, student_systems, template_system_prompt
-from ppgguf.build import BuildOptions, build
-from ppgguf.calibrate import bake_conversations
-from ppgguf.chat import ChatSession
+from ppgguf.build.pipeline import BuildOptions, build
+from ppgguf.calibration.batches import answer_distributions, answer_logits, shared_prefix_length
+from ppgguf.calibration.distill import kl_loss
+from ppgguf.calibration.followups import bake_conversations
 from ppgguf.cli import app
-from ppgguf.distill import kl_loss
 from ppgguf.errors import UserError
-from ppgguf.gguf_file import read_header
-from ppgguf.heal import heal
-from ppgguf.persona import persona_from_text
+from ppgguf.inputs.persona import persona_from_text
+from ppgguf.llama.reader import read_header
+from ppgguf.pruning.bake import (
+    GENERIC_SYSTEM_PROMPTS, bake_pairs, short_prompt, student_systems, template_system_prompt,
+)
+from ppgguf.pruning.heal import heal
 from ppgguf.recipe import load_recipe, with_overrides
+from ppgguf.use.chat import ChatSession
 
 from tiny_models import tiny_recipe
 
@@ -109,7 +111,7 @@ def test_a_bake_of_the_vectors_alone_leaves_every_matrix_as_it_was_and_still_low
 
 def test_a_bake_runs_each_system_prompt_of_a_batch_once_and_steps_as_the_whole_batch(tiny_llama, chat_tokenizer,
                                                                                        monkeypatch):
-    import ppgguf.heal
+    import ppgguf.pruning.heal
 
     teacher, student, groups = bake_pairs(chat_tokenizer, PERSONA, bake_conversations(PERSONA, _examples(16), []),
                                           "mix", 0, 2)
@@ -122,7 +124,7 @@ def test_a_bake_runs_each_system_prompt_of_a_batch_once_and_steps_as_the_whole_b
         return answer_logits(model, batch, prefix_length, device)
 
     with monkeypatch.context() as m:
-        m.setattr(ppgguf.heal, "answer_logits", spy)
+        m.setattr(ppgguf.pruning.heal, "answer_logits", spy)
         model = tiny_llama.fresh()
         history = heal(model, student, targets, steps=6, batch_size=4, lr=1e-2, seed=0, device="cpu",
                        vectors_only=True, groups=groups)

@@ -1,4 +1,4 @@
-"""End-to-end `ppgguf.build.build` on the tiny Hugging Face checkpoint directory."""
+"""End-to-end `ppgguf.build.pipeline.build` on the tiny Hugging Face checkpoint directory."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import ppgguf.export
-from ppgguf.build import BuildOptions, build
+import ppgguf.export.writer
+from ppgguf.build.pipeline import BuildOptions, build
+from ppgguf.build.validate import ValidationError
 from ppgguf.errors import UserError
-from ppgguf.validate import ValidationError
 
 from tiny_models import tiny_recipe
 
@@ -93,7 +93,7 @@ def test_build_end_to_end(request, family, per_layer, recipe_file, tmp_path):
 
 def test_build_failing_validation_leaves_no_output(tiny_llama, recipe_file, tmp_path, monkeypatch):
     # Q and K written without llama.cpp's rotary permutation: the file loads but computes garbage
-    monkeypatch.setattr(ppgguf.export, "permute_for_gguf", lambda w, n_head: w)
+    monkeypatch.setattr(ppgguf.export.writer, "permute_for_gguf", lambda w, n_head: w)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "broken.gguf"
@@ -145,9 +145,9 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
 
 def test_nothing_pruned_is_the_source_round_trip(tiny_llama, tmp_path, monkeypatch):
     """Sparsity 0: no scoring, no healing, even when the recipe heals; the tensors are the source's."""
-    import ppgguf.prune
+    import ppgguf.pruning.prune
 
-    monkeypatch.setattr(ppgguf.prune, "get_scorer", lambda name: pytest.fail("a dense build scored channels"))
+    monkeypatch.setattr(ppgguf.pruning.prune, "get_scorer", lambda name: pytest.fail("a dense build scored channels"))
     recipe = tmp_path / "dense.toml"
     recipe.write_text(tiny_recipe("persona", "F32", heal=True, heal_steps=4), encoding="utf-8")
     out = tmp_path / "dense.gguf"
@@ -159,7 +159,7 @@ def test_nothing_pruned_is_the_source_round_trip(tiny_llama, tmp_path, monkeypat
     assert report["widths"] == report["dense_widths"]
     assert report["validation"]["top1"] == 1.0 and report["validation"]["kl_mean"] < 1e-3
     source = tmp_path / "source.f32.gguf"
-    ppgguf.export.export_gguf(tiny_llama.fresh(), tiny_llama.base.family, tiny_llama.base.tokenizer_spec, source, "F32")
+    ppgguf.export.writer.export_gguf(tiny_llama.fresh(), tiny_llama.base.family, tiny_llama.base.tokenizer_spec, source, "F32")
     built, expected = _tensors(out), _tensors(source)
     assert built.keys() == expected.keys()
     assert all(np.array_equal(built[name], expected[name]) for name in expected)
@@ -199,12 +199,12 @@ def test_a_persona_quoting_chatml_does_not_make_the_base_chatml(plain_template_b
 
 
 def test_a_failure_while_writing_companions_places_nothing(tiny_llama, recipe_file, tmp_path, monkeypatch):
-    import ppgguf.build
+    import ppgguf.build.finish
 
     def broken_card(report):
         raise RuntimeError("model card failed")
 
-    monkeypatch.setattr(ppgguf.build, "model_card_text", broken_card)
+    monkeypatch.setattr(ppgguf.build.finish, "model_card_text", broken_card)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(RuntimeError, match="model card failed"):
@@ -218,7 +218,7 @@ def _teacher_with_other_vocabulary(tiny_llama, path: Path) -> Path:
     tokens = list(spec.tokens)
     tokens[10], tokens[11] = tokens[11], tokens[10]
     spec.set(gguf.Keys.Tokenizer.LIST, tokens, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
-    ppgguf.export.export_gguf(tiny_llama.fresh(), tiny_llama.base.family, spec, path, "F16")
+    ppgguf.export.writer.export_gguf(tiny_llama.fresh(), tiny_llama.base.family, spec, path, "F16")
     return path
 
 
@@ -236,12 +236,12 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_work(tiny_llama
 
 
 def test_the_calibration_cache_follows_the_teacher_content(tiny_llama, chat_tokenizer, tmp_path, monkeypatch):
-    import ppgguf.calibrate
-    from ppgguf.persona import persona_from_text
+    import ppgguf.calibration.answers
+    from ppgguf.inputs.persona import persona_from_text
     from ppgguf.recipe import load_recipe, with_overrides
 
     calls = []
-    monkeypatch.setattr(ppgguf.calibrate, "persona_calibration",
+    monkeypatch.setattr(ppgguf.calibration.answers, "persona_calibration",
                         lambda *a, **k: calls.append(1) or [{"question": "q", "answer": "a", "divergence": 0.0}])
     teacher = tmp_path / "teacher.gguf"
     persona = persona_from_text(CHARACTER.read_text(encoding="utf-8"))
@@ -252,9 +252,9 @@ def test_the_calibration_cache_follows_the_teacher_content(tiny_llama, chat_toke
         torch.manual_seed(seed)
         with torch.no_grad():
             model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
-        ppgguf.export.export_gguf(model, base.family, base.tokenizer_spec, teacher, "F16")
-        ppgguf.calibrate.cached_persona_calibration(base, chat_tokenizer, persona, settings, 0)
-    ppgguf.calibrate.cached_persona_calibration(base, chat_tokenizer, persona, settings, 0)
+        ppgguf.export.writer.export_gguf(model, base.family, base.tokenizer_spec, teacher, "F16")
+        ppgguf.calibration.answers.cached_persona_calibration(base, chat_tokenizer, persona, settings, 0)
+    ppgguf.calibration.answers.cached_persona_calibration(base, chat_tokenizer, persona, settings, 0)
     assert len(calls) == 2  # a new teacher file is a new calibration set; the same one is reused
 
 
@@ -274,7 +274,7 @@ def test_the_time_left_counts_only_the_steps(monkeypatch):
 
 
 def test_an_importance_matrix_weighs_the_rounding_and_ships_beside_the_gguf(tiny_llama, recipe_file, tmp_path):
-    from ppgguf.imatrix import read_imatrix_gguf
+    from ppgguf.export.imatrix import read_imatrix_gguf
 
     outs = {}
     for kind in ("generic", "none"):
@@ -303,12 +303,12 @@ def test_a_type_that_needs_an_importance_matrix_is_refused_up_front(tiny_llama, 
 
 
 def test_several_characters_load_the_base_once_and_build_as_they_would_alone(tiny_llama, recipe_file, tmp_path, monkeypatch):
-    import ppgguf.base
-    from ppgguf.build import build_many
+    import ppgguf.inputs.base
+    from ppgguf.build.pipeline import build_many
 
     loads = []
-    real_load = ppgguf.base.load_base
-    monkeypatch.setattr(ppgguf.base, "load_base", lambda *a: loads.append(a) or real_load(*a))
+    real_load = ppgguf.inputs.base.load_base
+    monkeypatch.setattr(ppgguf.inputs.base, "load_base", lambda *a: loads.append(a) or real_load(*a))
     first, second = tmp_path / "mirela.txt", tmp_path / "tobin.txt"
     shutil.copy(CHARACTER, first)
     shutil.copy(REPO / "examples" / "brother_tobin.txt", second)
@@ -327,7 +327,7 @@ def test_several_characters_load_the_base_once_and_build_as_they_would_alone(tin
 
 
 def test_several_characters_are_all_checked_before_any_build(tiny_llama, recipe_file, tmp_path):
-    from ppgguf.build import build_many
+    from ppgguf.build.pipeline import build_many
 
     bad = tmp_path / "empty.txt"
     bad.write_text("", encoding="utf-8")
@@ -352,9 +352,9 @@ def test_one_out_file_for_several_characters_is_refused(tmp_path):
 
 
 def test_a_dense_build_with_a_persona_importance_matrix_calibrates_but_neither_scores_nor_heals(tiny_llama, tmp_path, monkeypatch):
-    import ppgguf.prune
+    import ppgguf.pruning.prune
 
-    monkeypatch.setattr(ppgguf.prune, "get_scorer", lambda name: pytest.fail("a dense build scored channels"))
+    monkeypatch.setattr(ppgguf.pruning.prune, "get_scorer", lambda name: pytest.fail("a dense build scored channels"))
     recipe = tmp_path / "dense.toml"
     recipe.write_text(tiny_recipe("persona", "IQ4_NL", heal=True, heal_steps=4), encoding="utf-8")
     out = tmp_path / "dense.gguf"

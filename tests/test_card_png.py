@@ -1,4 +1,4 @@
-"""Tests for ppgguf.card_png: Character Cards in PNG text chunks, before or after the image data, and bad PNGs."""
+"""Tests for ppgguf.inputs.card_png: Character Cards in PNG text chunks, before or after the image data, and bad PNGs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import PngImagePlugin
 
 from card_fixtures import V1_CARD, b64_json, chunk, load_error, make_png, text_chunk, v2_card, v3_card, write
-from ppgguf.persona import load_persona
+from ppgguf.inputs.persona import load_persona
 
 
 @pytest.mark.parametrize("kind", ["tEXt", "zTXt", "iTXt", "iTXt-plain"])

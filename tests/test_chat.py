@@ -8,10 +8,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ppgguf.chat import ChatSession
 from ppgguf.cli import app
 from ppgguf.errors import UserError
-from ppgguf.repl import run_repl
+from ppgguf.use.chat import ChatSession
+from ppgguf.use.repl import run_repl
 
 from npc_fixture import GREETING, NAME, SYSTEM_PROMPT, build_npc
 
@@ -130,7 +130,7 @@ def test_ctrl_c_in_chat_says_interrupted_only(npc, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ppgguf.repl.run_repl", interrupted)
+    monkeypatch.setattr("ppgguf.use.repl.run_repl", interrupted)
     result = CliRunner().invoke(app, ["chat", str(npc), "--max-tokens", "4", "--ctx", "512"], input="Hi\n")
     assert result.exit_code == 130
     assert "interrupted" in result.output and "run directory" not in result.output

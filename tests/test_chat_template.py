@@ -8,8 +8,8 @@ import re
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ppgguf.chat_template import bake_chat_template, chat_format_of, jinja_string_literal
-from ppgguf.tokenizer import CHATML_TEMPLATE, render_chat_template
+from ppgguf.export.chat_template import bake_chat_template, chat_format_of, jinja_string_literal
+from ppgguf.inputs.tokenizer import CHATML_TEMPLATE, render_chat_template
 
 from npc_fixture import SYSTEM_PROMPT, base_spec, build_npc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ppgguf.distill import kl_loss, top_k
+from ppgguf.calibration.distill import kl_loss, top_k
 
 
 def _rows(seed: int, positions: int = 5, vocab: int = 50, scale: float = 3.0) -> torch.Tensor:

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ppgguf import evaluate as evaluate_mod
-from ppgguf import fidelity, speed
-from ppgguf.base import resolve_base
 from ppgguf.cli import app
 from ppgguf.errors import UserError
-from ppgguf.export import export_gguf
-from ppgguf.families import FAMILIES
-from ppgguf.gguf_file import read_header
-from ppgguf.tokenizer import TokenizerSpec
+from ppgguf.evaluation import fidelity, speed
+from ppgguf.export.writer import export_gguf
+from ppgguf.inputs.base import resolve_base
+from ppgguf.inputs.families import FAMILIES
+from ppgguf.llama.reader import read_header
+from ppgguf.llama.tokenizer_spec import TokenizerSpec
+from ppgguf.use import evaluate as evaluate_mod
 from tiny_models import make_model
 
 SYSTEM = "You are Captain Mirela Voss. Stay in character.\n\nMirela commands a cargo airship and loves storms."
@@ -138,7 +138,7 @@ def test_eval_needs_system_prompt(files):
 
 
 def test_kl_of_a_model_with_itself_is_zero(files):
-    from ppgguf.llama_io import open_gguf
+    from ppgguf.llama.runtime import open_gguf
 
     a = open_gguf(files["npc"], n_ctx=64, logits_all=True)
     b = open_gguf(files["npc"], n_ctx=64, logits_all=True)
@@ -152,7 +152,7 @@ def test_kl_of_a_model_with_itself_is_zero(files):
 
 
 def test_kl_against_stored_dense_distributions_is_the_kl_against_the_dense_model(files):
-    from ppgguf.llama_io import open_gguf
+    from ppgguf.llama.runtime import open_gguf
 
     dense = open_gguf(files["dense"], n_ctx=64, logits_all=True)
     npc = open_gguf(files["npc"], n_ctx=64, logits_all=True)
@@ -185,7 +185,7 @@ def test_bench_json(files):
 
 
 def test_build_figure(tmp_path):
-    from ppgguf.figure import write_build_figure
+    from ppgguf.build.figure import write_build_figure
 
     report = {
         "character": "Mirela", "widths": [{"n_ff": 768, "n_head": 6, "n_head_kv": 2}] * 4,
@@ -197,7 +197,7 @@ def test_build_figure(tmp_path):
 
 
 def test_build_figure_with_dense_widths(tmp_path):
-    from ppgguf.figure import write_build_figure
+    from ppgguf.build.figure import write_build_figure
 
     report = {
         "character": "Mirela $5 [bold]", "widths": [{"n_ff": 768, "n_head": 6, "n_head_kv": 2}] * 3,
@@ -210,7 +210,7 @@ def test_build_figure_with_dense_widths(tmp_path):
 
 
 def test_figure_draws_the_reported_dense_width_not_a_guess():
-    from ppgguf.figure import layer_widths
+    from ppgguf.build.figure import layer_widths
 
     kept_rows = [{"n_ff": 1024, "n_head": 9, "n_head_kv": 3}] * 30
     report = {"widths": kept_rows, "dense_widths": [{"n_ff": 1536, "n_head": 9, "n_head_kv": 3}] * 30,
@@ -238,7 +238,7 @@ def test_model_text_is_printed_as_text_not_markup():
 
     from rich.console import Console
 
-    from ppgguf.render import render_eval
+    from ppgguf.use.render import render_eval
 
     out = io.StringIO()
     render_eval(_eval_report("Ha! [laughs] The storm comes.", "Closing [/x] tags [red]everywhere"), Console(file=out, width=200))
@@ -258,8 +258,8 @@ def test_ctrl_c_in_eval_says_interrupted_only(files, monkeypatch):
 
 
 def test_greedy_answer_gives_ids_and_their_text(files):
-    from ppgguf.decode import greedy_answer, is_end
-    from ppgguf.llama_io import open_gguf
+    from ppgguf.llama.decode import greedy_answer, is_end
+    from ppgguf.llama.runtime import open_gguf
 
     llm = open_gguf(files["npc"], n_ctx=64)
     try:

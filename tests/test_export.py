@@ -12,15 +12,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ppgguf.export
+import ppgguf.export.writer
+from ppgguf.build.validate import ValidationError, agreement, gguf_logits_all, torch_logits, validate_gguf
 from ppgguf.cli import app
 from ppgguf.errors import UserError
-from ppgguf.export import export_gguf
-from ppgguf.families import FAMILIES
-from ppgguf.gguf_file import read_header
-from ppgguf.quantize import QUANT_TYPES, check_quant_type, quantize
-from ppgguf.surgery import apply_plan, layer_widths
-from ppgguf.validate import ValidationError, agreement, gguf_logits_all, torch_logits, validate_gguf
+from ppgguf.export.quantize import quantize
+from ppgguf.export.writer import export_gguf
+from ppgguf.inputs.families import FAMILIES
+from ppgguf.llama.quant_types import QUANT_TYPES, check_quant_type
+from ppgguf.llama.reader import read_header
+from ppgguf.pruning.surgery import apply_plan, layer_widths
 
 from tiny_models import make_model
 from test_surgery import per_layer_plan, uniform_plan
@@ -37,8 +38,8 @@ CASES = {
 
 
 def pruned(tiny, kind):
-    from ppgguf.importance import SCORERS, ScoringInputs
-    from ppgguf.plan import make_plan
+    from ppgguf.pruning.importance import SCORERS, ScoringInputs
+    from ppgguf.pruning.plan import make_plan
 
     model = tiny.fresh()
     if kind == "uniform":
@@ -114,7 +115,7 @@ def test_qwen3_per_layer_widths_are_refused(tiny_qwen3, tmp_path):
 
 def test_qwen3_gguf_loads_back_as_a_base_model(exported, tiny_qwen3, token_sequences, tmp_path):
     """A Qwen3 GGUF as `--base`: the weights read back are the ones written."""
-    from ppgguf.base import load_base
+    from ppgguf.inputs.base import load_base
 
     path, model, reference, _ = exported("qwen3", "uniform")
     loaded = load_base(str(path), tmp_path).model
@@ -228,7 +229,7 @@ def test_validate_fails_against_other_model(quantized, tiny_llama, token_sequenc
 
 def test_validate_fails_for_wrong_permutation(tiny_llama, token_sequences, tmp_path, monkeypatch):
     model = pruned(tiny_llama, "uniform")
-    monkeypatch.setattr(ppgguf.export, "permute_for_gguf", lambda w, n_head: w)
+    monkeypatch.setattr(ppgguf.export.writer, "permute_for_gguf", lambda w, n_head: w)
     path = tmp_path / "broken.gguf"
     export_gguf(model, tiny_llama.base.family, tiny_llama.base.tokenizer_spec, path, "F16")
     with pytest.raises(ValidationError):

@@ -1,13 +1,13 @@
-"""The one GGUF metadata reader (ppgguf.gguf_file) reads what gguf-py's GGUFReader reads."""
+"""The one GGUF metadata reader (ppgguf.llama.reader) reads what gguf-py's GGUFReader reads."""
 
 from __future__ import annotations
 
 import gguf
 import pytest
 
-from ppgguf.base import resolve_base
 from ppgguf.errors import UserError
-from ppgguf.gguf_file import read_header
+from ppgguf.inputs.base import resolve_base
+from ppgguf.llama.reader import read_header
 
 
 def test_full_read_matches_gguf_py_on_the_default_base():

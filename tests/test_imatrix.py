@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from ppgguf.errors import UserError
-from ppgguf.export import export_gguf
-from ppgguf.imatrix import ImportanceMatrix, collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
-from ppgguf.llama_io import open_gguf
-from ppgguf.quantize import QUANT_TYPES, check_imatrix_needed, check_quant_type, embedding_width, quantize
-from ppgguf.surgery import apply_plan
+from ppgguf.export.imatrix import ImportanceMatrix, collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
+from ppgguf.export.quantize import embedding_width, quantize
+from ppgguf.export.writer import export_gguf
+from ppgguf.llama.quant_types import QUANT_TYPES, check_imatrix_needed, check_quant_type
+from ppgguf.llama.runtime import open_gguf
+from ppgguf.pruning.surgery import apply_plan
 
 from test_surgery import per_layer_plan, uniform_plan
 from tiny_models import make_model

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from ppgguf.base import resolve_base
-from ppgguf.chat import ChatSession
 from ppgguf.errors import UserError
-from ppgguf.llama_io import open_gguf
+from ppgguf.inputs.base import resolve_base
+from ppgguf.llama.runtime import open_gguf
+from ppgguf.use.chat import ChatSession
 
 
 def _unknown_architecture(path):

@@ -1,15 +1,16 @@
-"""The memory model of a build (ppgguf.memory) and the per-stage peaks a build reports (ppgguf.stages)."""
+"""The memory model of a build (ppgguf.build.memory) and the per-stage peaks a build reports (ppgguf.stages)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ppgguf.base import LoadedBases
-from ppgguf.export import export_gguf
-from ppgguf.memory import PROMPT_AND_QUESTION_TOKENS, model_shape, predicted_peak, training_activation_bytes
+from ppgguf.build.memory import PROMPT_AND_QUESTION_TOKENS, predicted_peak, training_activation_bytes
+from ppgguf.export.writer import export_gguf
+from ppgguf.inputs.base import LoadedBases
+from ppgguf.inputs.shapes import model_shape
+from ppgguf.pruning.surgery import parameter_count
 from ppgguf.recipe import load_recipe, with_overrides
 from ppgguf.stages import StageClock
-from ppgguf.surgery import parameter_count
 
 
 def test_shape_from_headers_matches_the_loaded_model(tiny, tmp_path):
@@ -58,8 +59,8 @@ def test_the_last_build_of_many_takes_the_loaded_model_itself(tiny_llama, tmp_pa
 def test_adapters_hold_optimizer_states_for_their_own_parameters_only(tiny_llama):
     from peft import LoraConfig, get_peft_model
 
-    from ppgguf.heal import ADAPTED_PROJECTIONS
-    from ppgguf.memory import adapter_parameters
+    from ppgguf.build.memory import adapter_parameters
+    from ppgguf.pruning.heal import ADAPTED_PROJECTIONS
 
     shape = model_shape(tiny_llama.dir)
     adapted = get_peft_model(tiny_llama.fresh(), LoraConfig(r=4, target_modules=ADAPTED_PROJECTIONS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ppgguf.model_card import model_card_text
+from ppgguf.build.model_card import model_card_text
 
 REPORT = {
     "ppgguf_version": "0.1.0",

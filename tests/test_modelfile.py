@@ -9,12 +9,12 @@ import re
 import gguf
 import pytest
 
-from ppgguf.chat_template import chat_format_of
-from ppgguf.gguf_file import read_header
-from ppgguf.keys import PPGGUF
-from ppgguf.model_card import model_card_text
-from ppgguf.modelfile import GO_FORMATS, modelfile_name, modelfile_params, modelfile_text, triple_quote_safe
-from ppgguf.sampling import DEFAULT_SAMPLING, sampling_from_metadata, sampling_metadata
+from ppgguf.build.model_card import model_card_text
+from ppgguf.build.modelfile import GO_FORMATS, modelfile_name, modelfile_params, modelfile_text, triple_quote_safe
+from ppgguf.export.chat_template import chat_format_of
+from ppgguf.llama.keys import PPGGUF
+from ppgguf.llama.reader import read_header
+from ppgguf.llama.sampling import DEFAULT_SAMPLING, sampling_from_metadata, sampling_metadata
 
 from modelfile_parser import modelfile_fields, parse_modelfile
 from npc_fixture import GREETING, SYSTEM_PROMPT, base_spec, build_npc

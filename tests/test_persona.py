@@ -1,4 +1,4 @@
-"""Tests for ppgguf.persona: text personas, JSON cards (V1/V2/V3) and bad inputs (PNG cards: test_card_png.py)."""
+"""Tests for ppgguf.inputs.persona: text personas, JSON cards (V1/V2/V3) and bad inputs (PNG cards: test_card_png.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from card_fixtures import DESC, V1_CARD, load_error, v2_card, v3_card, write
 from ppgguf.errors import UserError
-from ppgguf.persona import (
+from ppgguf.inputs.persona import (
     MAX_PERSONA_BYTES,
     Persona,
     build_system_prompt,

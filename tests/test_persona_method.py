@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ppgguf.calibrate import answer_sequences, divergence_scores, last_token_states, middle_band
-from ppgguf.importance import SCORERS, ScoringInputs
-from ppgguf.importance.persona import standardised_log, ste_top_k
-from ppgguf.plan import kept_ffn_width, make_plan
+from ppgguf.calibration.answers import answer_sequences
+from ppgguf.calibration.questions import divergence_scores, last_token_states, middle_band
+from ppgguf.pruning.importance import SCORERS, ScoringInputs
+from ppgguf.pruning.importance.persona import standardised_log, ste_top_k
+from ppgguf.pruning.plan import kept_ffn_width, make_plan
 
 from tiny_models import tiny_recipe
 
@@ -112,7 +113,7 @@ def test_cross_entropy_loss_variant_runs(tiny_llama, chat_tokenizer):
 
 
 def test_kl_scorer_hands_on_the_dense_distributions_healing_needs(tiny_llama, chat_tokenizer):
-    from ppgguf.answer_batches import answer_distributions
+    from ppgguf.calibration.batches import answer_distributions
 
     inputs = _persona_inputs(tiny_llama, chat_tokenizer)
     SCORERS["persona"](inputs)
@@ -127,7 +128,7 @@ HEAL_RECIPE = tiny_recipe("persona", "F16", batch_size=2, heal=True, heal_steps=
 
 
 def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path):
-    from ppgguf.build import BuildOptions, build
+    from ppgguf.build.pipeline import BuildOptions, build
     from ppgguf.stages import StepMessage
 
     recipe = tmp_path / "heal.toml"
@@ -154,8 +155,8 @@ def test_heal_trains_the_kept_weights_and_lowers_the_loss(tiny_llama, tmp_path):
 
 
 def test_top_k_targets_learn_masks_and_heal_with_a_fraction_of_the_memory(tiny_llama, chat_tokenizer, tmp_path):
-    from ppgguf.build import BuildOptions, build
-    from ppgguf.distill import TopK
+    from ppgguf.build.pipeline import BuildOptions, build
+    from ppgguf.calibration.distill import TopK
 
     whole, sparse = _persona_inputs(tiny_llama, chat_tokenizer), _persona_inputs(tiny_llama, chat_tokenizer, teacher_top_k=8)
     SCORERS["persona"](whole)
@@ -177,8 +178,8 @@ def test_top_k_targets_learn_masks_and_heal_with_a_fraction_of_the_memory(tiny_l
 
 
 def test_heal_without_the_embeddings_trains_the_layers_only(tiny_llama, chat_tokenizer):
-    from ppgguf.answer_batches import answer_distributions
-    from ppgguf.heal import heal
+    from ppgguf.calibration.batches import answer_distributions
+    from ppgguf.pruning.heal import heal
 
     sequences = _persona_inputs(tiny_llama, chat_tokenizer).persona_sequences
     teacher = answer_distributions(tiny_llama.model, sequences, "cpu")
@@ -198,8 +199,8 @@ def test_heal_without_the_embeddings_trains_the_layers_only(tiny_llama, chat_tok
 
 
 def test_heal_with_adapters_trains_low_rank_updates_merged_into_the_same_model(tiny_llama, chat_tokenizer):
-    from ppgguf.answer_batches import answer_distributions
-    from ppgguf.heal import heal
+    from ppgguf.calibration.batches import answer_distributions
+    from ppgguf.pruning.heal import heal
 
     sequences = _persona_inputs(tiny_llama, chat_tokenizer).persona_sequences
     teacher = answer_distributions(tiny_llama.model, sequences, "cpu")

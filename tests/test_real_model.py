@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ppgguf.base import resolve_base
-from ppgguf.calibrate import validation_sequences
+from ppgguf.build.validate import agreement, gguf_logits_all
+from ppgguf.build.validate import validation_sequences
 from ppgguf.cli import app
-from ppgguf.gguf_file import read_header
-from ppgguf.persona import load_persona
-from ppgguf.quantize import quantize
-from ppgguf.tokenizer import ChatTokenizer
-from ppgguf.validate import agreement, gguf_logits_all
+from ppgguf.export.quantize import quantize
+from ppgguf.inputs.base import resolve_base
+from ppgguf.inputs.persona import load_persona
+from ppgguf.inputs.tokenizer import ChatTokenizer
+from ppgguf.llama.reader import read_header
 
 pytestmark = pytest.mark.real_model
 

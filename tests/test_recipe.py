@@ -79,3 +79,26 @@ def test_overrides_change_only_their_knobs_and_normalise_the_quant_type(tmp_path
     loaded = load_recipe(str(mine))
     assert loaded.export.quant == "Q6_K" and loaded.prune.ffn_sparsity == 0.0
     assert isinstance(loaded.prune.ffn_sparsity, float)  # TOML's 0 is a float knob's 0.0
+
+
+def test_the_scorers_are_the_methods_the_recipe_declares():
+    from ppgguf.pruning.importance import SCORERS
+    from ppgguf.recipe import KNOBS
+
+    assert tuple(SCORERS) == KNOBS["method"].choices
+
+
+def test_each_knob_says_which_run_key_it_enters_and_what_chooses_it():
+    from ppgguf.recipe import CHOSEN_BY_AUTO, CHOSEN_BY_TARGET, FILE, KNOBS, PLAN, WEIGHTS
+
+    recipe = load_recipe()
+    assert set(recipe.knobs(WEIGHTS)) == {"heal", "heal_steps", "heal_lr", "bake", "bake_steps", "bake_lr", "bake_trains",
+                                          "bake_prompt_words", "train_embeddings", "adapter_rank"}
+    assert set(recipe.knobs(FILE)) == {"quant", "imatrix", "embedding_quant", "target_size_mib", "validation_prompts"}
+    assert {**recipe.knobs(PLAN), **recipe.knobs(WEIGHTS), **recipe.knobs(FILE)} == recipe.to_json()
+    assert set(CHOSEN_BY_TARGET) == {"ffn_sparsity", "head_sparsity", "quant", "imatrix", "embedding_quant", "uniform"}
+    assert CHOSEN_BY_AUTO == ("imatrix", "embedding_quant")
+    assert {flat: knob.choices for flat, knob in KNOBS.items() if knob.choices} == {
+        "method": ("persona", "wanda-sp", "magnitude", "random"), "loss": ("kl", "ce"),
+        "imatrix": ("none", "persona", "generic"), "bake": ("off", "name", "mix"), "bake_trains": ("vectors", "weights")}
+    assert recipe.train.bakes is False and with_overrides(recipe, {"bake": "name"}).train.bakes is True

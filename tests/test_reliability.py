@@ -29,14 +29,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ppgguf.build
-import ppgguf.memory
-import ppgguf.output
-from ppgguf.build import BuildOptions, build
+import ppgguf.build.memory
+import ppgguf.build.output
+import ppgguf.build.pipeline
+from ppgguf.build.pipeline import BuildOptions, build
 from ppgguf.cli import app
 from ppgguf.errors import UserError
-from ppgguf.export import export_gguf
-from ppgguf.persona import load_persona
+from ppgguf.export.writer import export_gguf
+from ppgguf.inputs.persona import load_persona
 
 from tiny_models import tiny_recipe
 from modelfile_parser import modelfile_fields
@@ -208,14 +208,14 @@ def test_output_dir_not_writable(tiny_llama, tmp_path, monkeypatch):
     """A read-only directory; as root, chmod does not stop writes, so the probe is what is tested."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_mkstemp = ppgguf.output.tempfile.mkstemp
+    real_mkstemp = ppgguf.build.output.tempfile.mkstemp
 
     def refuse(*args, dir=None, **kwargs):  # what a read-only directory answers a non-root user
         if dir is not None and Path(dir) == locked:
             raise PermissionError(13, "Permission denied", str(dir))
         return real_mkstemp(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(ppgguf.output.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(ppgguf.build.output.tempfile, "mkstemp", refuse)
     args = ["build", CHARACTER, "--out", locked / "npc.gguf", "--base", tiny_llama.dir, "--device", "cpu"]
     _assert_one_line_error(_invoke(args), r"not writable")
     _nothing_written(locked)
@@ -223,22 +223,22 @@ def test_output_dir_not_writable(tiny_llama, tmp_path, monkeypatch):
 
 def test_not_enough_disk(tiny_llama, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(ppgguf.output.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
+    monkeypatch.setattr(ppgguf.build.output.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 4096, 4096))
     _assert_magnitude_build_refused(tmp_path, tiny_llama.dir,
                                     r"not enough free disk.*4\.0 KiB free, about \d+\.\d KiB needed")
 
 
 def test_not_enough_memory(tiny_llama, tmp_path, monkeypatch):
     """Refused before the base model is loaded, with the predicted need and what is available."""
-    monkeypatch.setattr(ppgguf.memory, "available_bytes", lambda: 2**20)
-    monkeypatch.setattr(ppgguf.memory, "current_rss_bytes", lambda: 0)
-    monkeypatch.setattr(ppgguf.build, "load_base", lambda *a: pytest.fail("the base model was loaded"))
+    monkeypatch.setattr(ppgguf.build.memory, "available_bytes", lambda: 2**20)
+    monkeypatch.setattr(ppgguf.build.memory, "current_rss_bytes", lambda: 0)
+    monkeypatch.setattr(ppgguf.build.pipeline, "load_base", lambda *a: pytest.fail("the base model was loaded"))
     _assert_magnitude_build_refused(
         tmp_path, tiny_llama.dir, r"needs about \d+\.\d GiB of memory \(its \w+ stage\) and this machine has 0\.0 GiB")
 
 
 def test_per_layer_widths_refused_for_qwen3_before_any_work(tiny_qwen3, tmp_path, monkeypatch):
-    monkeypatch.setattr(ppgguf.build, "calibration_data", lambda *a: pytest.fail("calibration started"))
+    monkeypatch.setattr(ppgguf.build.pipeline, "calibration_data", lambda *a: pytest.fail("calibration started"))
     _assert_magnitude_build_refused(tmp_path, tiny_qwen3.dir, r"deci graph.*qwen3.*uniform widths", "--per-layer")
 
 
@@ -276,7 +276,7 @@ def test_inspect_bad_files(tiny_gguf, tmp_path):
 DRIVER = r"""
 import signal, sys, time
 import gguf
-import ppgguf.build, ppgguf.calibrate
+import ppgguf.build.finish, ppgguf.calibration.answers
 
 where = sys.argv[1]
 
@@ -285,11 +285,11 @@ def hold(label):
     time.sleep(600)
 
 if where == "calibrate":  # reference states and the teacher GGUF are done; the teacher answers are not
-    answers = ppgguf.calibrate.teacher_answers
+    answers = ppgguf.calibration.answers.teacher_answers
     def held_answers(*a, **k):
         hold("calibrate")
         return answers(*a, **k)
-    ppgguf.calibrate.teacher_answers = held_answers
+    ppgguf.calibration.answers.teacher_answers = held_answers
 elif where == "export":  # the F32 GGUF is written to its temporary name, not yet renamed
     write_tensors = gguf.GGUFWriter.write_tensors_to_file
     def held_write(self, *a, **k):
@@ -299,11 +299,11 @@ elif where == "export":  # the F32 GGUF is written to its temporary name, not ye
         return result
     gguf.GGUFWriter.write_tensors_to_file = held_write
 elif where == "validate":  # the quantized file sits under its temporary name beside the output
-    validate = ppgguf.build.validate_gguf
+    validate = ppgguf.build.finish.validate_gguf
     def held_validate(*a, **k):
         hold("validate")
         return validate(*a, **k)
-    ppgguf.build.validate_gguf = held_validate
+    ppgguf.build.finish.validate_gguf = held_validate
 
 # A shell without job control starts background commands with SIGINT ignored, and Python keeps
 # that; a user's Ctrl-C reaches the build with Python's usual handler, so give the child that one.
@@ -519,5 +519,5 @@ def test_disk_full_mid_build_is_one_line(tiny_llama, tmp_path, monkeypatch):
     def full(model, family, spec, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(ppgguf.build, "export_gguf", full)
+    monkeypatch.setattr(ppgguf.build.pipeline, "export_gguf", full)
     _assert_magnitude_build_refused(tmp_path, tiny_llama.dir, r"No space left on device \(.*\.f32\.gguf\)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ppgguf.fidelity import loops, names_fact, repeated_share, repetition_rate
-from ppgguf.validate import LOOPING_WARNING_SHARE, looping_warning
+from ppgguf.build.validate import LOOPING_WARNING_SHARE, looping_warning
+from ppgguf.evaluation.fidelity import loops, names_fact, repeated_share, repetition_rate
 
 
 def test_an_answer_that_repeats_itself_loops_and_an_answer_in_voice_does_not():

@@ -12,16 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from ppgguf import sizing
-from ppgguf.build import BuildOptions, build
+from ppgguf.build.pipeline import BuildOptions, build
 from ppgguf.errors import UserError
-from ppgguf.export import export_gguf
-from ppgguf.imatrix import collect_imatrix
-from ppgguf.plan import Importance, make_plan
-from ppgguf.quantize import quantize, source_quant
+from ppgguf.export import sizing
+from ppgguf.export.imatrix import collect_imatrix
+from ppgguf.export.quantize import quantize
+from ppgguf.export.sizing import (
+    SOURCE, Candidate, check_target_options, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file,
+)
+from ppgguf.export.writer import export_gguf
+from ppgguf.llama.quant_types import source_quant
+from ppgguf.pruning.plan import Importance, make_plan
+from ppgguf.pruning.surgery import apply_plan, layer_widths
 from ppgguf.recipe import load_recipe, with_overrides
-from ppgguf.sizing import SOURCE, Candidate, check_target_options, fit_to_size, predicted_file_bytes, shaped_like, write_shape_file
-from ppgguf.surgery import apply_plan, layer_widths
 
 CHARACTER = Path(__file__).resolve().parent.parent / "examples" / "captain_mirela.txt"
 
@@ -73,9 +76,9 @@ RANKED = (Candidate(0.0, "Q8_0", "none", "", 0.01), Candidate(0.0, "Q4_0", "gene
 
 
 def _sizes(tiny, tmp_path) -> dict[tuple, int]:
-    from ppgguf.build import exported_tokenizer_spec
-    from ppgguf.persona import load_persona
-    from ppgguf.tokenizer import ChatTokenizer
+    from ppgguf.build.pipeline import exported_tokenizer_spec
+    from ppgguf.inputs.persona import load_persona
+    from ppgguf.inputs.tokenizer import ChatTokenizer
 
     persona = load_persona(CHARACTER)
     spec = exported_tokenizer_spec(tiny.base, ChatTokenizer(tiny.base.tokenizer_spec, tiny.base.vocab_gguf), persona.system_prompt)
@@ -150,7 +153,7 @@ def test_a_source_candidate_is_the_bases_own_type_and_is_skipped_where_there_is_
 
 def test_the_source_type_is_the_type_of_most_layer_weights_and_requantizing_to_it_round_trips(tiny_llama, tmp_path):
     """A Q4_1 base read back (dequantized) and quantized to Q4_1 again keeps its layer matrices' blocks."""
-    from ppgguf.base import load_base
+    from ppgguf.inputs.base import load_base
 
     assert source_quant(tiny_llama.dir) is None
     f32, source = tmp_path / "m.f32.gguf", tmp_path / "m.q4_1.gguf"
@@ -216,7 +219,7 @@ def test_a_build_states_its_size_before_the_long_stages_and_meets_it(tiny_llama,
 
 
 def test_a_default_build_chooses_its_types_and_writes_a_file_smaller_than_the_base(tiny_llama, tmp_path):
-    from ppgguf.memory import model_shape
+    from ppgguf.inputs.shapes import model_shape
 
     report, messages = _tiny_build(tiny_llama, tmp_path, "auto")
     source = model_shape(tiny_llama.dir).source_bytes  # F32 safetensors: F16, the lowest measured KL, fits

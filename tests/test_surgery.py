@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppgguf.surgery import predicted_parameters
-from ppgguf.coupling import COLUMNS, ROWS, layer_couplings
 from ppgguf.errors import UserError
-from ppgguf.importance import SCORERS, ScoringInputs, get_scorer
-from ppgguf.plan import FFN_MULTIPLE, Importance, PruningPlan, make_plan
-from ppgguf.surgery import apply_plan, layer_widths, parameter_count
+from ppgguf.pruning.coupling import COLUMNS, ROWS, layer_couplings
+from ppgguf.pruning.importance import SCORERS, ScoringInputs, get_scorer
+from ppgguf.pruning.plan import FFN_MULTIPLE, Importance, PruningPlan, make_plan
+from ppgguf.pruning.surgery import apply_plan, layer_widths, parameter_count
+from ppgguf.pruning.surgery import predicted_parameters
 
 from tiny_models import HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS
 
